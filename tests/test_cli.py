@@ -1,0 +1,58 @@
+"""The command line's contract: version, one-line errors with exit 2, config resolution."""
+import subprocess
+import sys
+
+import pytest
+
+from tllib_jtln import __version__
+from tllib_jtln.cli import main
+from tllib_jtln.config import Config, resolve
+from tllib_jtln.errors import UserError
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "tllib_jtln", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_version_prints_version():
+    out = run_cli("--version")
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"tllib-jtln {__version__}"
+
+
+def test_unknown_subcommand_is_one_line_exit_2():
+    out = run_cli("frobnicate")
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert "frobnicate" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_unknown_flag_is_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--ot-wieght", "1"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--ot-wieght" in err[0]
+
+
+def test_config_typo_names_closest_key(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("ot_wieght: 0.5\n")
+    with pytest.raises(UserError, match="did you mean 'ot_weight'"):
+        resolve({"config": str(recipe)})
+
+
+def test_flags_win_over_yaml_and_yaml_over_defaults(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("ot-weight: 0.5\nepochs: 3\n")
+    cfg = resolve({"config": str(recipe), "epochs": 7})
+    assert cfg.ot_weight == 0.5 and cfg.epochs == 7 and cfg.lr == Config().lr
+
+
+@pytest.mark.parametrize("text, needle", [("epochs: many\n", "epochs"), ("ot_on: sideways\n", "ot_on"),
+                                          ("- a\n- b\n", "mapping"), ("a: [\n", "not valid YAML")])
+def test_bad_yaml_values_are_user_errors(tmp_path, text, needle):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    with pytest.raises(UserError, match=needle):
+        resolve({"config": str(recipe)})

@@ -1,0 +1,131 @@
+"""The ``tllib-jtln`` command: ``train``, ``test``, ``list``, ``data``, ``bench``.
+
+Bad input ends in one line on stderr and exit status 2, never a traceback. Heavy imports
+(torch, timm) happen inside the subcommands, so ``--version`` and errors are instant.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import UserError
+
+PROG = "tllib-jtln"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (naming the fix) and exits 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        sys.exit(2)
+
+
+def _list_entries(kind: str, pattern: str | None) -> list[str]:
+    if kind == "methods":
+        from .methods import METHODS
+        return METHODS.names()
+    if kind == "datasets":
+        from .data import DATASETS
+        return DATASETS.names()
+    if kind == "costs":
+        from .cost import COSTS
+        return COSTS.names()
+    from .models import list_archs
+    return list_archs(pattern)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    names = _list_entries(args.kind, args.filter)
+    if args.filter and args.kind != "archs":
+        import fnmatch
+        names = [n for n in names if fnmatch.fnmatch(n, args.filter)]
+    print("\n".join(names))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine.run import train_from_flags
+    return train_from_flags(_given(args))
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from .engine.run import test_from_flags
+    return test_from_flags(_given(args))
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from .data import prepare_dataset
+    path = prepare_dataset(args.name, root=args.root, download=args.download)
+    print(f"{args.name}: ready in {path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.suite import run_suite
+    return run_suite(args.suite, out=args.out, dry_run=args.dry_run, only=args.only)
+
+
+def _given(args: argparse.Namespace) -> dict:
+    """The Config fields the user actually gave (flags are SUPPRESSed by default)."""
+    skip = {"command", "func"}
+    return {k: v for k, v in vars(args).items() if k not in skip}
+
+
+def build_parser() -> OneLineParser:
+    from .config import add_arguments
+
+    parser = OneLineParser(prog=PROG, description="Joint Transfer Learning Network (JTLN) and its baselines.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,test,list,data,bench}", parser_class=OneLineParser)
+
+    train = sub.add_parser("train", help="train a method (default: jtln on the embedded Fashion-MNIST task)")
+    add_arguments(train)
+    train.set_defaults(func=cmd_train)
+
+    test = sub.add_parser("test", help="evaluate the best checkpoint of a finished run (--log DIR)")
+    add_arguments(test)
+    test.set_defaults(func=cmd_test)
+
+    lst = sub.add_parser("list", help="show registered methods, datasets, archs or costs")
+    lst.add_argument("kind", choices=("methods", "datasets", "archs", "costs"))
+    lst.add_argument("--filter", default=None, help="shell pattern, e.g. 'resnet*'")
+    lst.set_defaults(func=cmd_list)
+
+    data = sub.add_parser("data", help="data tools: `data prepare fashion-mnist`")
+    data_sub = data.add_subparsers(dest="data_command", metavar="{prepare}", parser_class=OneLineParser)
+    prep = data_sub.add_parser("prepare", help="put a dataset in place (download only with --download)")
+    prep.add_argument("name")
+    prep.add_argument("--root", default=None)
+    prep.add_argument("--download", action="store_true")
+    prep.set_defaults(func=cmd_data)
+
+    bench = sub.add_parser("bench", help="run an accuracy suite: methods x settings x seeds")
+    bench.add_argument("--suite", required=True, help="suite YAML, e.g. configs/suite/fashion_mnist.yaml")
+    bench.add_argument("--out", default=None, help="output folder (default: from the suite file)")
+    bench.add_argument("--only", default=None, help="run only runs whose name matches this shell pattern")
+    bench.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.error("choose a command: train, test, list, data or bench")
+    try:
+        return func(args)
+    except UserError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted; finished checkpoints are kept (resume with --resume)\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Every setting of a run, in one place: command-line flags and YAML keys come from here.
+
+A run's settings are resolved in this order, later ones winning:
+``Config`` defaults -> the embedded recipe when no dataset is given -> ``--config FILE.yaml``
+-> flags given on the command line. YAML keys are the field names below (``ot_weight``) or
+their flag spelling (``ot-weight``); an unknown key is a :class:`UserError` naming the closest
+known key.
+
+Flags follow TLlib's fine-tuning scripts (``-d``, ``-a``, ``-sr``, ``-b``, ``-i``, ``--epochs``,
+``--lr``, ``--lr-gamma``, ``--lr-decay-epochs``, ``--wd``, ``--momentum``, ``--finetune``,
+``--seed``, ``--log``, ``--phase``, ``--trade-off``) with TLlib's defaults.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .errors import UserError
+
+
+def _opt(default: Any, help: str, flags: tuple[str, ...] = (), choices: tuple | None = None,
+         nargs: str | None = None) -> Any:
+    meta = {"help": help, "flags": flags, "choices": choices, "nargs": nargs}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Config:
+    """The resolved settings of one run. Field names are the YAML keys."""
+
+    # --- what to run
+    method: str = _opt("jtln", "training method (tllib-jtln list methods)")
+    phase: str = _opt("train", "train, or test/analysis as TLlib", choices=("train", "test", "analysis"))
+    config: Optional[str] = _opt(None, "YAML recipe; flags given on the command line win")
+
+    # --- target data
+    data: Optional[str] = _opt(None, "target dataset (tllib-jtln list datasets); none: the embedded Fashion-MNIST task",
+                               flags=("-d", "--data"))
+    root: Optional[str] = _opt(None, "target dataset root folder")
+    sample_rate: int = _opt(100, "TLlib sample rate: which image_list/train_{sr}.txt to use",
+                            flags=("-sr", "--sample-rate"))
+    num_samples_per_class: Optional[int] = _opt(None, "draw K labelled target images per class (seeded); "
+                                                      "the embedded task defaults to 10",
+                                                flags=("-K", "--num-samples-per-class"))
+    val_per_class: int = _opt(20, "target validation images per class, carved (seeded) from the training pool")
+    # --- source data
+    source_data: Optional[str] = _opt(None, "source dataset for the source head (the embedded task brings its own)")
+    source_root: Optional[str] = _opt(None, "source dataset root folder")
+    source_per_class: Optional[int] = _opt(None, "cap on source images per class (seeded); none: all")
+    # --- images
+    image_size: Optional[int] = _opt(None, "input size; default: 224 (TLlib transforms), 28 (embedded task)")
+    transforms: str = _opt("auto", "tllib: RandomResizedCrop/Resize+CenterCrop; timm: the backbone's data config; "
+                                   "small: pad-crop+flip for small images; auto picks by dataset",
+                           choices=("auto", "tllib", "timm", "small"))
+    workers: int = _opt(2, "data loading workers per process", flags=("-j", "--workers"))
+    skip_bad_images: bool = _opt(False, "skip unreadable images (and report how many) instead of stopping")
+    download: bool = _opt(False, "allow downloading a dataset that is missing")
+
+    # --- model
+    arch: str = _opt("resnet50", "backbone: any timm model, torchvision's alexnet, or smallcnn",
+                     flags=("-a", "--arch"))
+    pretrained: bool = _opt(True, "start from pretrained weights (--no-pretrained: random init)")
+    pretrained_file: Optional[str] = _opt(None, "local weights file (.safetensors or .pth) for the backbone")
+    bottleneck_dim: Optional[int] = _opt(None, "optional bottleneck width between trunk and heads")
+    finetune: bool = _opt(True, "backbone at 0.1x the heads' learning rate (TLlib's --finetune)")
+    freeze_bn: bool = _opt(False, "keep BatchNorm statistics from pretraining (BN layers in eval mode)")
+
+    # --- optimisation (TLlib defaults)
+    batch_size: int = _opt(48, "target mini-batch size", flags=("-b", "--batch-size"))
+    source_batch_size: Optional[int] = _opt(None, "source mini-batch size; default: --batch-size")
+    iters_per_epoch: int = _opt(500, "iterations per epoch", flags=("-i", "--iters-per-epoch"))
+    epochs: int = _opt(20, "number of epochs")
+    lr: float = _opt(0.01, "base learning rate (heads); backbone 0.1x under --finetune")
+    lr_gamma: float = _opt(0.1, "learning-rate decay factor")
+    lr_decay_epochs: list = _opt([12], "epochs at which the learning rate decays", nargs="+")
+    momentum: float = _opt(0.9, "SGD (Nesterov) momentum")
+    wd: float = _opt(5e-4, "weight decay", flags=("--wd", "--weight-decay"))
+    seed: int = _opt(0, "random seed")
+    amp: bool = _opt(False, "mixed precision on CUDA")
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+
+    # --- methods
+    trade_off: float = _opt(2.3, "co_tuning: weight of the source-head soft-label loss")
+    source_fraction: float = _opt(0.5, "consecutive/co_tuning: share of the iterations spent on source data first")
+    source_head_lr: float = _opt(0.0, "source-free jtln: source-head learning rate multiplier (0: frozen)")
+
+    # --- JTLN (see the spec: docs/method.md)
+    ot_on: str = _opt("target", "which samples feed the OT term", choices=("target", "source", "both"))
+    ot_target: str = _opt("prediction", "on target samples, q is the target-head prediction or the smoothed label",
+                          choices=("prediction", "label"))
+    ot_detach: bool = _opt(True, "detach the distribution that is not constrained (q on target samples, "
+                                 "p on source samples)")
+    ot_weight: float = _opt(1.0, "alpha: weight of the OT term")
+    ot_eps: float = _opt(0.1, "entropic regularisation on the [0, 1] cost")
+    ot_iters: int = _opt(100, "Sinkhorn iteration budget")
+    ot_tol: float = _opt(1e-6, "Sinkhorn stopping tolerance (marginal error)")
+    ot_smooth: float = _opt(1e-3, "delta: mix histograms with uniform so no mass is exactly zero")
+    cost: str = _opt("knn", "cost matrix: knn, centroid, source-head, semantic, uniform, shuffled, file:PATH")
+    cost_base: str = _opt("knn", "shuffled: the matrix whose source rows are permuted")
+    cost_k: int = _opt(10, "knn: neighbours per target image")
+    cost_index: str = _opt("flat", "knn: FAISS index", choices=("flat", "ivf", "hnsw"))
+    cost_metric: str = _opt("cosine", "centroid: distance", choices=("cosine", "euclidean"))
+    cost_refresh: int = _opt(0, "rebuild the cost from current features every N epochs (0: never)")
+    cost_seed: int = _opt(0, "shuffled: permutation seed")
+    semantic_file: Optional[str] = _opt(None, "semantic: class-name embeddings (.json or .csv)")
+    no_normalize_cost: bool = _opt(False, "keep the cost's scale instead of max(M) = 1")
+
+    # --- run management
+    log: str = _opt("logs/run", "log folder of the run")
+    print_freq: int = _opt(100, "print every N iterations", flags=("-p", "--print-freq"))
+    resume: bool = _opt(False, "continue the run in --log from its last checkpoint")
+    overwrite: bool = _opt(False, "allow writing into a log folder that holds a finished run")
+    skip_nonfinite: bool = _opt(False, "skip a step whose loss is NaN/inf instead of stopping")
+    progress: bool = _opt(True, "show progress bars")
+
+    # ------------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def update(self, values: dict, source: str) -> "Config":
+        """Set fields from a mapping (YAML or flags); unknown keys and wrong types are UserErrors."""
+        names = self.field_names()
+        for raw_key, value in values.items():
+            key = str(raw_key).replace("-", "_")
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise UserError(f"{source}: unknown setting '{raw_key}'{hint}")
+            setattr(self, key, _coerce(key, value, source))
+        return self
+
+
+_TYPES = {f.name: f.type for f in fields(Config)}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Check a YAML value against the field's type (ints for floats are fine)."""
+    kind = _TYPES[key]
+    meta = next(f.metadata for f in fields(Config) if f.name == key)
+    if value is None:
+        if kind.startswith("Optional"):
+            return None
+        raise UserError(f"{source}: setting '{key}' needs a value")
+    base = kind.removeprefix("Optional[").removesuffix("]")
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "list": isinstance(value, list) or (isinstance(value, int) and not isinstance(value, bool)),
+    }[base]
+    if not ok:
+        raise UserError(f"{source}: setting '{key}' must be {base}, got {value!r}")
+    if base == "float":
+        value = float(value)
+    if base == "list":
+        value = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise UserError(f"{source}: setting '{key}' must be a list of integers, got {value!r}")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise UserError(f"{source}: setting '{key}' must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def load_yaml(path: str | Path) -> dict:
+    """A recipe file as a mapping, parsed with ``yaml.safe_load`` (no code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--config: file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"--config {path}: not valid YAML ({first})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per Config field; defaults are SUPPRESSed so that only given flags override."""
+    for f in fields(Config):
+        meta = f.metadata
+        flag = "--" + f.name.replace("_", "-")
+        flags = meta.get("flags") or (flag,)
+        if flag not in flags:
+            flags = (*flags, flag)
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"]}
+        base = f.type.removeprefix("Optional[").removesuffix("]")
+        if base == "bool":
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
+            continue
+        if meta.get("choices"):
+            kw["choices"] = meta["choices"]
+        if base == "list":
+            kw.update(type=int, nargs=meta.get("nargs") or "+")
+        else:
+            kw["type"] = {"int": int, "float": float, "str": str}[base]
+        parser.add_argument(*flags, **kw)
+
+
+def resolve(given: dict, recipe: dict | None = None) -> Config:
+    """Defaults, then ``recipe`` (the embedded task's), then ``--config`` YAML, then the given flags."""
+    cfg = Config()
+    if recipe:
+        cfg.update(recipe, "embedded recipe")
+    config_path = given.get("config")
+    if config_path:
+        cfg.update(load_yaml(config_path), f"--config {config_path}")
+    cfg.update(given, "command line")
+    return cfg
