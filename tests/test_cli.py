@@ -56,3 +56,12 @@ def test_bad_yaml_values_are_user_errors(tmp_path, text, needle):
     recipe.write_text(text)
     with pytest.raises(UserError, match=needle):
         resolve({"config": str(recipe)})
+
+
+@pytest.mark.parametrize("given, needle", [({"ot_eps": 0.0}, "--ot-eps must be > 0"),
+                                           ({"lr": float("nan")}, "--lr must be a finite"),
+                                           ({"source_fraction": 1.5}, "--source-fraction must be in"),
+                                           ({"batch_size": 0}, "--batch-size must be >= 1")])
+def test_out_of_range_values_name_the_flag(given, needle):
+    with pytest.raises(UserError, match=needle):
+        resolve(given)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -142,6 +143,34 @@ class Config:
         return self
 
 
+    def validate(self) -> "Config":
+        """Range checks that no type can express; a UserError names the flag and the allowed range."""
+        for name, value in self.to_dict().items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+        for name, low, high in _RANGES:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if (low is not None and value < low) or (high is not None and value > high):
+                bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+                raise UserError(f"--{name.replace('_', '-')} must be {bounds}, got {value}")
+        if self.ot_eps <= 0:
+            raise UserError(f"--ot-eps must be > 0, got {self.ot_eps}")
+        return self
+
+
+# (field, lowest allowed, highest allowed); None: unbounded on that side.
+_RANGES = [
+    ("batch_size", 1, None), ("source_batch_size", 1, None), ("iters_per_epoch", 1, None), ("epochs", 1, None),
+    ("lr", 0.0, None), ("lr_gamma", 0.0, None), ("momentum", 0.0, 1.0), ("wd", 0.0, None), ("workers", 0, None),
+    ("num_samples_per_class", 1, None), ("val_per_class", 0, None), ("source_per_class", 1, None),
+    ("sample_rate", 1, 100), ("image_size", 8, None), ("bottleneck_dim", 1, None), ("print_freq", 1, None),
+    ("trade_off", 0.0, None), ("source_fraction", 0.0, 1.0), ("source_head_lr", 0.0, None),
+    ("ot_weight", 0.0, None), ("ot_iters", 1, None), ("ot_tol", 0.0, None), ("ot_smooth", 0.0, 0.5),
+    ("cost_k", 1, None), ("cost_refresh", 0, None), ("seed", 0, None),
+]
+
 _TYPES = {f.name: f.type for f in fields(Config)}
 
 
@@ -223,4 +252,4 @@ def resolve(given: dict, recipe: dict | None = None) -> Config:
     if config_path:
         cfg.update(load_yaml(config_path), f"--config {config_path}")
     cfg.update(given, "command line")
-    return cfg
+    return cfg.validate()

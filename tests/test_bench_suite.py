@@ -1,0 +1,87 @@
+"""The suite runner's bookkeeping: suite validation, run expansion, resumability, tables."""
+import json
+
+import pytest
+
+from tllib_jtln.bench.report import collect_results, mean_std, render_pairs, render_table, write_report
+from tllib_jtln.bench.suite import expand_runs, load_suite, run_one
+from tllib_jtln.errors import UserError
+
+SUITE = """
+name: demo
+seeds: [0, 1, 2]
+base: {epochs: 2}
+settings:
+  K1: {num_samples_per_class: 1}
+  K5: {num_samples_per_class: 5}
+methods:
+  erm: {method: erm}
+  jtln: {method: jtln, cost: knn}
+pairs:
+  - [jtln, erm]
+"""
+
+
+@pytest.fixture
+def suite(tmp_path):
+    path = tmp_path / "suite.yaml"
+    path.write_text(SUITE)
+    return load_suite(path)
+
+
+def test_expand_runs_merges_base_setting_and_row(suite):
+    runs = expand_runs(suite)
+    assert len(runs) == 2 * 2 * 3
+    run = next(r for r in runs if r.name == "K5/jtln/seed1")
+    assert run.settings == {"epochs": 2, "num_samples_per_class": 5, "method": "jtln", "cost": "knn"}
+
+
+@pytest.mark.parametrize("text, needle", [
+    (SUITE.replace("epochs: 2", "epoks: 2"), "did you mean 'epochs'"),
+    (SUITE.replace("seeds: [0, 1, 2]", "seeds: []"), "'seeds' is required"),
+    (SUITE.replace("[jtln, erm]", "[jtln, nope]"), "pair"),
+    (SUITE + "extra: 1\n", "unknown key"),
+])
+def test_bad_suites_fail_before_any_run(tmp_path, text, needle):
+    path = tmp_path / "suite.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=needle):
+        load_suite(path)
+
+
+def _fake_summaries(suite, out, values):
+    for run in expand_runs(suite):
+        folder = out / run.name
+        folder.mkdir(parents=True)
+        top1 = values[(run.row, run.setting)][run.seed]
+        (folder / "summary.json").write_text(json.dumps({"test_top1": top1, "test_mean_class_acc": top1 / 2}))
+
+
+def test_tables_show_mean_and_sample_std_and_paired_wins(suite, tmp_path):
+    values = {(row, s): [0.5, 0.6, 0.7] for row in ("erm", "jtln") for s in ("K1", "K5")}
+    values[("jtln", "K1")] = [0.6, 0.6, 0.8]
+    _fake_summaries(suite, tmp_path, values)
+    records = collect_results(suite, expand_runs(suite), tmp_path)
+    table = render_table(suite, records, "test_top1")
+    assert "| erm | 60.0 ± 10.0 | 60.0 ± 10.0 |" in table
+    assert "| jtln | 66.7 ± 11.5 |" in table
+    pairs = render_pairs(suite, records)
+    assert "+6.7 ± 5.8 (2/3 wins)" in pairs and "+0.0 ± 0.0 (0/3 wins)" in pairs
+    md = write_report(suite, records, tmp_path, "suite.yaml").read_text()
+    assert "Runs finished: 12/12" in md and "test mean-class acc" in md
+
+
+def test_missing_seeds_are_marked_and_finished_runs_are_skipped(suite, tmp_path):
+    run = expand_runs(suite)[0]
+    folder = tmp_path / run.name
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"test_top1": 0.9, "test_mean_class_acc": 0.9}))
+    assert run_one(run, tmp_path)[0] == "skipped"
+    records = collect_results(suite, expand_runs(suite), tmp_path)
+    assert "90.0 ± 0.0 (1/3)" in render_table(suite, records, "test_top1")
+
+
+def test_mean_std_in_percent():
+    assert mean_std([0.25]) == (25.0, 0.0)
+    mean, std = mean_std([0.1, 0.3])
+    assert mean == pytest.approx(20.0) and std == pytest.approx(14.142, abs=1e-3)

@@ -1,0 +1,1 @@
+"""The accuracy suite runner (``tllib-jtln bench``) and its tables."""

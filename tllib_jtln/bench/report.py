@@ -1,0 +1,102 @@
+"""Tables from a suite's runs: mean +- std over seeds, and paired differences.
+
+Numbers come only from each run's ``summary.json`` (the test accuracy of the epoch chosen on
+the target validation split). ``std`` is the sample standard deviation over seeds (ddof = 1);
+a cell with fewer finished seeds than the suite asks for shows how many it has, e.g. ``(2/3)``.
+A paired difference ``a - b`` is computed per seed (same data, same seed) and then averaged.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+METRICS = (("test_top1", "test top-1"), ("test_mean_class_acc", "test mean-class acc"))
+
+
+def collect_results(suite: dict, runs: list, out_dir: Path) -> list[dict]:
+    """One record per run: its coordinates and, when finished, its summary numbers."""
+    records = []
+    for run in runs:
+        summary_path = out_dir / run.name / "summary.json"
+        record = {"row": run.row, "setting": run.setting, "seed": run.seed, "finished": summary_path.is_file()}
+        if record["finished"]:
+            summary = json.loads(summary_path.read_text())
+            record.update({k: summary.get(k) for k in
+                           ("test_top1", "test_mean_class_acc", "val_top1", "val_mean_class_acc",
+                            "best_epoch", "wall_seconds")})
+        records.append(record)
+    return records
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (0 for one value) of fractions, returned in percent."""
+    pct = [100.0 * v for v in values]
+    mean = statistics.fmean(pct)
+    std = statistics.stdev(pct) if len(pct) > 1 else 0.0
+    return mean, std
+
+
+def _cell(values: list[float], expected: int) -> str:
+    if not values:
+        return "-"
+    mean, std = mean_std(values)
+    count = f" ({len(values)}/{expected})" if len(values) < expected else ""
+    return f"{mean:.1f} ± {std:.1f}{count}"
+
+
+def _values(records: list[dict], row: str, setting: str, metric: str) -> dict[int, float]:
+    return {r["seed"]: r[metric] for r in records
+            if r["row"] == row and r["setting"] == setting and r["finished"] and r.get(metric) is not None}
+
+
+def render_table(suite: dict, records: list[dict], metric: str) -> str:
+    settings, rows, expected = list(suite["settings"]), list(suite["methods"]), len(suite["seeds"])
+    lines = ["| method | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    for row in rows:
+        cells = [_cell(list(_values(records, row, s, metric).values()), expected) for s in settings]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_pairs(suite: dict, records: list[dict], metric: str = "test_top1") -> str:
+    """Per-seed differences a - b in points; 'wins' counts seeds where a > b."""
+    if not suite.get("pairs"):
+        return ""
+    settings = list(suite["settings"])
+    lines = ["| pair (a - b) | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    for a, b in suite["pairs"]:
+        cells = []
+        for s in settings:
+            va, vb = _values(records, a, s, metric), _values(records, b, s, metric)
+            seeds = sorted(set(va) & set(vb))
+            if not seeds:
+                cells.append("-")
+                continue
+            diffs = [va[k] - vb[k] for k in seeds]
+            mean, std = mean_std(diffs)
+            wins = sum(d > 0 for d in diffs)
+            cells.append(f"{mean:+.1f} ± {std:.1f} ({wins}/{len(seeds)} wins)")
+        lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(suite: dict, records: list[dict], out_dir: Path, suite_file: str) -> Path:
+    """Write ``results.json`` and ``results.md`` into ``out_dir``; returns the markdown path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps({"suite": suite, "runs": records}, indent=1))
+    finished = sum(r["finished"] for r in records)
+    parts = [f"### {suite['name']}: target test accuracy (%), mean ± std over seeds {suite['seeds']}",
+             f"Command: `tllib-jtln bench --suite {suite_file}`. Machine: {platform.machine()}, "
+             f"{platform.processor() or 'cpu'}; {time.strftime('%Y-%m-%d')}. "
+             f"Runs finished: {finished}/{len(records)}. Epoch chosen on the target validation split."]
+    for metric, title in METRICS:
+        parts += [f"\n**{title}**\n", render_table(suite, records, metric)]
+    pairs = render_pairs(suite, records)
+    if pairs:
+        parts += ["\n**paired differences, test top-1 (points, same seeds)**\n", pairs]
+    md_path = out_dir / "results.md"
+    md_path.write_text("\n".join(parts) + "\n")
+    return md_path

@@ -1,0 +1,138 @@
+"""The accuracy suite: methods x settings x seeds, one log folder per run, resumable.
+
+A suite file (YAML, ``yaml.safe_load``)::
+
+    name: fashion_mnist            # used in the table title
+    out: logs/suite/fashion_mnist  # one folder per run under it
+    seeds: [0, 1, 2]
+    base: {epochs: 10}             # Config keys shared by every run
+    settings:                      # columns of the table
+      K1: {num_samples_per_class: 1}
+      K5: {num_samples_per_class: 5}
+    methods:                       # rows of the table
+      erm: {method: erm}
+      jtln: {method: jtln, cost: knn}
+    pairs:                         # optional paired differences (same seeds, same data)
+      - [jtln, joint]
+
+Run ``r`` = (method row, setting column, seed) writes ``out/<setting>/<row>/seed<seed>/``. A run
+whose ``summary.json`` exists is not redone; one with a checkpoint but no summary is resumed.
+Each run is a separate ``python -m tllib_jtln train`` process, so one failing run is reported and
+the others go on. At the end ``results.json`` (every run's numbers) and ``results.md`` (mean +-
+std over seeds) are written; see :mod:`tllib_jtln.bench.report`.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..config import Config, load_yaml
+from ..errors import UserError
+from .report import collect_results, write_report
+
+SUITE_KEYS = {"name", "out", "seeds", "base", "settings", "methods", "pairs", "metric"}
+
+
+@dataclass(frozen=True)
+class SuiteRun:
+    """One training run of the suite."""
+
+    row: str
+    setting: str
+    seed: int
+    settings: dict  # the Config keys of this run, without log/seed
+
+    @property
+    def name(self) -> str:
+        return f"{self.setting}/{self.row}/seed{self.seed}"
+
+
+def load_suite(path: str | Path) -> dict:
+    """Parse and check a suite file: known top-level keys, Config keys everywhere else."""
+    suite = load_yaml(path)
+    unknown = set(suite) - SUITE_KEYS
+    if unknown:
+        raise UserError(f"--suite {path}: unknown key(s) {sorted(unknown)}; known: {sorted(SUITE_KEYS)}")
+    for key in ("seeds", "methods"):
+        if not suite.get(key):
+            raise UserError(f"--suite {path}: '{key}' is required and must not be empty")
+    if not all(isinstance(s, int) for s in suite["seeds"]):
+        raise UserError(f"--suite {path}: 'seeds' must be a list of integers")
+    suite.setdefault("settings", {"default": {}})
+    suite.setdefault("base", {})
+    suite.setdefault("pairs", [])
+    suite.setdefault("name", Path(path).stem)
+    suite.setdefault("out", f"logs/suite/{suite['name']}")
+    for group in ("settings", "methods"):
+        if not isinstance(suite[group], dict):
+            raise UserError(f"--suite {path}: '{group}' must map names to Config settings")
+        for name, values in suite[group].items():
+            merged = {**suite["base"], **(values or {})}
+            Config().update(merged, f"--suite {path}: {group}.{name}")  # typos fail here, before any run
+    for pair in suite["pairs"]:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(p in suite["methods"] for p in pair)):
+            raise UserError(f"--suite {path}: each pair must be [row, row] of two method rows, got {pair!r}")
+    return suite
+
+
+def expand_runs(suite: dict) -> list[SuiteRun]:
+    """Every (row, setting, seed), settings merged as base < setting < method row."""
+    runs = []
+    for setting, setting_values in suite["settings"].items():
+        for row, row_values in suite["methods"].items():
+            for seed in suite["seeds"]:
+                merged = {**suite["base"], **(setting_values or {}), **(row_values or {})}
+                runs.append(SuiteRun(row, setting, seed, merged))
+    return runs
+
+
+def run_one(run: SuiteRun, out: Path) -> tuple[str, float]:
+    """Train one run in its own process; returns its status ('done', 'skipped', 'failed: ...')."""
+    log_dir = out / run.name
+    if (log_dir / "summary.json").is_file():
+        return "skipped", 0.0
+    log_dir.mkdir(parents=True, exist_ok=True)
+    recipe = log_dir / "suite_recipe.yaml"
+    recipe.write_text(yaml.safe_dump({**run.settings, "seed": run.seed}, sort_keys=True))
+    cmd = [sys.executable, "-m", "tllib_jtln", "train", "--config", str(recipe), "--log", str(log_dir),
+           "--no-progress"]
+    if (log_dir / "checkpoints" / "last.pt").is_file():
+        cmd.append("--resume")
+    start = time.time()
+    with open(log_dir / "stdout.txt", "a") as stdout:
+        proc = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    seconds = time.time() - start
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        return f"failed (exit {proc.returncode}): {last}", seconds
+    return "done", seconds
+
+
+def run_suite(path: str, out: str | None = None, dry_run: bool = False, only: str | None = None) -> int:
+    """``tllib-jtln bench --suite FILE``: run what is not finished, then write the tables."""
+    suite = load_suite(path)
+    out_dir = Path(out or suite["out"])
+    runs = expand_runs(suite)
+    if only:
+        runs = [r for r in runs if fnmatch.fnmatch(r.name, only)]
+    if dry_run:
+        for run in runs:
+            print(run.name, " ".join(f"{k}={v}" for k, v in sorted(run.settings.items())))
+        print(f"{len(runs)} runs -> {out_dir}")
+        return 0
+    failures = 0
+    for index, run in enumerate(runs, 1):
+        status, seconds = run_one(run, out_dir)
+        failures += status.startswith("failed")
+        print(f"[{index}/{len(runs)}] {run.name}: {status} ({seconds:.0f} s)", flush=True)
+    results = collect_results(suite, expand_runs(suite), out_dir)
+    md_path = write_report(suite, results, out_dir, suite_file=path)
+    print(f"table: {md_path}")
+    return 1 if failures else 0
