@@ -1,0 +1,253 @@
+"""The embedded transfer task on Fashion-MNIST: no download, a real class shift.
+
+Source classes (their training images, all or ``--source-per-class`` seeded):
+T-shirt/top (0), Trouser (1), Coat (4), Sandal (5), Bag (8), relabelled 0..4 in that order.
+Target classes: Pullover (2), Dress (3), Shirt (6), Sneaker (7), Ankle boot (9), relabelled
+0..4 in that order: ``K = --num-samples-per-class`` (default 10) seeded labelled training images
+per class, ``--val-per-class`` seeded validation images per class from the rest of the target
+training pool, and the official test images of the five target classes (1000 each) as test set.
+
+Sizes with the defaults (K = 10, 20 validation images per class): source 30000, target train
+50, target val 100, target test 5000.
+
+Files (idx format, gzip or not) are looked up in ``--root``, then torchvision's layout
+``<root>/FashionMNIST/raw/``, then ``./data/FashionMNIST/raw/`` (where ``tllib-jtln data
+prepare fashion-mnist`` puts them), then ``/usr/share/datasets/fashion-mnist/`` (Debian's
+``dataset-fashion-mnist`` package). They are parsed with numpy (gzip + frombuffer) and kept as
+uint8 tensors; items are ``(float tensor (1, S, S), label)`` normalised with the
+Fashion-MNIST mean and std (``S = 28`` unless ``--image-size``).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import UserError
+from .sampling import STREAM_SOURCE, STREAM_TARGET, cap_per_class, split_per_class
+
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+           "Ankle boot")
+SOURCE_LABELS = (0, 1, 4, 5, 8)
+TARGET_LABELS = (2, 3, 6, 7, 9)
+DEFAULT_K = 10
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+SIZES = {"train": 60000, "test": 10000}
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_ROOT = Path("data")
+HOW_TO_GET = ("install it with `apt-get install dataset-fashion-mnist` (offline mirror) or run "
+              "`tllib-jtln data prepare fashion-mnist --download` (torchvision download)")
+
+
+def _file(folder: Path, name: str) -> Optional[Path]:
+    for candidate in (folder / f"{name}.gz", folder / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def has_files(folder: Path) -> bool:
+    """True when all four idx files (gzip or plain) are in ``folder``."""
+    return all(_file(folder, name) is not None for pair in FILES.values() for name in pair)
+
+
+def candidate_dirs(root: Optional[str | Path]) -> list[Path]:
+    """Where the files are looked for, in order."""
+    dirs: list[Path] = []
+    if root:
+        root = Path(root).expanduser()
+        dirs += [root, root / "FashionMNIST" / "raw", root / "fashion-mnist"]
+    dirs += [DEFAULT_ROOT / "FashionMNIST" / "raw", DEBIAN_DIR]
+    return dirs
+
+
+def locate(root: Optional[str | Path] = None) -> Optional[Path]:
+    """The first folder holding the four files, or None."""
+    for folder in candidate_dirs(root):
+        if has_files(folder):
+            return folder
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An idx file (``.gz`` or plain) as a uint8 array; the header gives the shape.
+
+    Format: 2 zero bytes, a type byte (0x08 = uint8), the number of dimensions, then one
+    big-endian uint32 per dimension, then the data.
+    """
+    try:
+        opener = gzip.open if str(path).endswith(".gz") else open
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError) as exc:
+        raise UserError(f"{path}: cannot read ({exc}); {HOW_TO_GET}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise UserError(f"{path}: not a uint8 idx file; {HOW_TO_GET}")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int(v) for v in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    if len(data) - header != int(np.prod(shape)):
+        raise UserError(f"{path}: truncated or corrupt (header says {shape}); {HOW_TO_GET}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def load_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 (N, 28, 28), labels int64 (N,)) of ``split`` in ``folder`` (cached in memory)."""
+    image_file, label_file = (_file(folder, name) for name in FILES[split])
+    if image_file is None or label_file is None:
+        raise UserError(f"Fashion-MNIST {split} files missing in {folder}; {HOW_TO_GET}")
+    key = (str(image_file.resolve()), os.path.getmtime(image_file), str(label_file.resolve()))
+    if key not in _CACHE:
+        images, labels = read_idx(image_file), read_idx(label_file)
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.ndim != 1 or len(labels) != len(images):
+            raise UserError(f"{image_file}: unexpected shapes {images.shape} / {labels.shape}; {HOW_TO_GET}")
+        if len(images) != SIZES[split] or labels.max() > 9:
+            raise UserError(f"{image_file}: expected {SIZES[split]} images with labels 0..9; {HOW_TO_GET}")
+        _CACHE[key] = (torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)))
+    return _CACHE[key]
+
+
+class TensorImages(Dataset):
+    """Images held in memory as uint8 ``(N, H, W)``; items ``(transform(image), label)``."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str],
+                 transform: Optional[Callable] = None):
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError(f"images ({images.shape[0]}) and labels ({labels.shape[0]}) differ in length")
+        self.images, self.labels = images, labels.to(torch.int64)
+        self.classes = list(classes)
+        self.transform = transform
+
+    @property
+    def targets(self) -> list[int]:
+        return self.labels.tolist()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+    def subset(self, indices, transform: Optional[Callable] = None) -> "TensorImages":
+        index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return TensorImages(self.images[index], self.labels[index], self.classes, transform)
+
+
+def _relabelled(images: torch.Tensor, labels: torch.Tensor, keep: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows whose label is in ``keep``, relabelled to ``keep.index(label)``."""
+    mapping = torch.full((10,), -1, dtype=torch.int64)
+    mapping[list(keep)] = torch.arange(len(keep))
+    new = mapping[labels]
+    rows = torch.nonzero(new >= 0).flatten()
+    return images[rows], new[rows]
+
+
+def require_folder(root: Optional[str | Path], download: bool = False) -> Path:
+    """The folder with the files; with ``download``, fetch them first if missing."""
+    folder = locate(root)
+    if folder is None and download:
+        folder = prepare_fashion_mnist(root, download=True)
+    if folder is None:
+        where = ", ".join(str(d) for d in candidate_dirs(root))
+        raise UserError(f"Fashion-MNIST not found (looked in {where}); {HOW_TO_GET}")
+    return folder
+
+
+def fashion_mnist(root: Optional[str | Path], split: str = "train", *, download: bool = False,
+                  transform: Optional[Callable] = None, **_: object) -> TensorImages:
+    """All ten Fashion-MNIST classes of ``split`` (``train`` or ``test``), original labels."""
+    if split not in FILES:
+        raise UserError(f"Fashion-MNIST split '{split}' unknown (train or test)")
+    images, labels = load_split(require_folder(root, download), split)
+    return TensorImages(images, labels, list(CLASSES), transform)
+
+
+def build_fashion_mnist_task(cfg, train_transform: Callable, eval_transform: Callable, image_size: int):
+    """The embedded task as a :class:`~tllib_jtln.data.task.TransferTask` (see the module docstring)."""
+    from .task import TransferTask
+
+    folder = require_folder(cfg.root, cfg.download)
+    train_images, train_labels = load_split(folder, "train")
+    test_images, test_labels = load_split(folder, "test")
+    k = cfg.num_samples_per_class if cfg.num_samples_per_class is not None else DEFAULT_K
+    if k < 1:
+        raise UserError(f"--num-samples-per-class must be >= 1, got {k}")
+    source_classes = [CLASSES[i] for i in SOURCE_LABELS]
+    target_classes = [CLASSES[i] for i in TARGET_LABELS]
+
+    s_images, s_labels = _relabelled(train_images, train_labels, SOURCE_LABELS)
+    keep = cap_per_class(s_labels.numpy(), cfg.source_per_class, cfg.seed, STREAM_SOURCE)
+    source = TensorImages(s_images, s_labels, source_classes).subset(keep, train_transform)
+
+    t_images, t_labels = _relabelled(train_images, train_labels, TARGET_LABELS)
+    pool = TensorImages(t_images, t_labels, target_classes)
+    train_idx, val_idx = split_per_class(t_labels.numpy(), k, cfg.val_per_class, cfg.seed, STREAM_TARGET)
+    target_train = pool.subset(train_idx, train_transform)
+    target_val = pool.subset(val_idx, eval_transform) if len(val_idx) else None
+    x_test, y_test = _relabelled(test_images, test_labels, TARGET_LABELS)
+    target_test = TensorImages(x_test, y_test, target_classes, eval_transform)
+    return TransferTask(name="FashionMNIST", target_train=target_train, target_val=target_val,
+                        target_test=target_test, target_classes=target_classes, source_train=source,
+                        source_classes=source_classes, in_chans=1, image_size=image_size,
+                        eval_transform=eval_transform)
+
+
+def prepare_fashion_mnist(root: Optional[str | Path] = None, download: bool = False) -> Path:
+    """Put the files in torchvision's layout ``<root>/FashionMNIST/raw`` and return that folder.
+
+    Already there (or found in ``root``): nothing to do. Otherwise the files of Debian's
+    ``dataset-fashion-mnist`` package are symlinked (copied if links fail) into place; with
+    ``download``, torchvision downloads them when the Debian files are absent. Without
+    ``root`` and with the Debian files present, their folder is returned as is.
+    """
+    target_root = Path(root).expanduser() if root else DEFAULT_ROOT
+    raw = target_root / "FashionMNIST" / "raw"
+    for folder in ([target_root, raw, target_root / "fashion-mnist"] if root else [raw]):
+        if has_files(folder):
+            return folder
+    if has_files(DEBIAN_DIR):
+        if not root:
+            return DEBIAN_DIR
+        raw.mkdir(parents=True, exist_ok=True)
+        for pair in FILES.values():
+            for name in pair:
+                src = _file(DEBIAN_DIR, name)
+                dst = raw / src.name
+                if dst.exists() or dst.is_symlink():
+                    dst.unlink()
+                try:
+                    dst.symlink_to(src)
+                except OSError:
+                    shutil.copyfile(src, dst)
+        return raw
+    if download:
+        try:
+            from torchvision.datasets import FashionMNIST
+            FashionMNIST(str(target_root), train=True, download=True)
+            FashionMNIST(str(target_root), train=False, download=True)
+        except Exception as exc:  # network errors come in many types
+            raise UserError(f"Fashion-MNIST download into {target_root} failed ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); install it with "
+                            f"`apt-get install dataset-fashion-mnist` instead") from None
+        if has_files(raw):
+            return raw
+    raise UserError(f"Fashion-MNIST not found in {target_root} or {DEBIAN_DIR}; {HOW_TO_GET}")

@@ -1,0 +1,129 @@
+"""A transfer task: the target splits, the optional source set, and their class names.
+
+:func:`build_task` turns a :class:`~tllib_jtln.config.Config` into a :class:`TransferTask`:
+
+- no ``-d`` (or ``-d FashionMNIST``): the embedded Fashion-MNIST task
+  (:mod:`tllib_jtln.data.fashion_mnist`), which brings its own source set;
+- ``-d NAME --root DIR``: target train = ``image_list/train_{sr}.txt``, target test =
+  ``image_list/test.txt`` (or the dataset's native files). With ``-K`` the target training set
+  is ``K`` seeded images per class and the validation set ``--val-per-class`` seeded images per
+  class from the rest of the pool; without ``-K`` the validation set is carved from the pool
+  (at most half of each class) and the rest trains. Model selection never sees the test set.
+- ``--source-data NAME --source-root DIR``: the source set (its training split at -sr 100),
+  capped at ``--source-per-class`` seeded images per class when given.
+
+``target_val`` is None when ``--val-per-class 0`` (or no class has images to spare).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from torch.utils.data import Dataset
+
+from ..errors import UserError
+from .sampling import STREAM_SOURCE, STREAM_TARGET, cap_per_class, split_per_class
+from .transforms import build_transforms, embedded_transforms
+
+
+@dataclass
+class TransferTask:
+    """The data of one run. Datasets yield ``(image (in_chans, image_size, image_size) float, label)``."""
+
+    name: str
+    target_train: Dataset
+    target_val: Optional[Dataset]
+    target_test: Dataset
+    target_classes: list
+    source_train: Optional[Dataset] = None
+    source_classes: Optional[list] = None
+    in_chans: int = 3
+    image_size: int = 224
+    eval_transform: Optional[Callable] = None
+
+    def eval_view(self, split: str) -> Dataset:
+        """``source``/``target`` training images with the evaluation transform (no augmentation):
+        what cost matrices and feature caches should see."""
+        dataset = {"source": self.source_train, "target": self.target_train}.get(split)
+        if dataset is None:
+            raise ValueError(f"eval_view: no '{split}' training set (source or target)")
+        if self.eval_transform is None or not hasattr(dataset, "subset"):
+            return dataset
+        return dataset.subset(range(len(dataset)), self.eval_transform)
+
+    @property
+    def num_source_classes(self) -> int:
+        return len(self.source_classes) if self.source_classes is not None else 0
+
+    @property
+    def num_target_classes(self) -> int:
+        return len(self.target_classes)
+
+    def bad_images(self) -> list[str]:
+        """Files skipped as unreadable so far in any split (``--skip-bad-images``; found at load time)."""
+        found: list[str] = []
+        for dataset in (self.source_train, self.target_train, self.target_val, self.target_test):
+            found += getattr(dataset, "bad_images", None) or []
+        return sorted(set(found))
+
+    def summary(self) -> str:
+        """One line: sizes of every split (for logs)."""
+        parts = [f"target train {len(self.target_train)}",
+                 f"val {len(self.target_val) if self.target_val is not None else 0}",
+                 f"test {len(self.target_test)} ({self.num_target_classes} classes)"]
+        if self.source_train is not None:
+            parts.append(f"source {len(self.source_train)} ({self.num_source_classes} classes)")
+        return f"{self.name}: " + ", ".join(parts)
+
+
+def is_embedded(cfg) -> bool:
+    """True when the run uses the embedded Fashion-MNIST task."""
+    return cfg.data is None or str(cfg.data).replace("-", "").replace("_", "").lower() == "fashionmnist"
+
+
+def build_task(cfg, data_config: Optional[dict] = None) -> TransferTask:
+    """The :class:`TransferTask` of ``cfg`` (``data_config``: timm's, for ``--transforms timm``)."""
+    from .datasets import DATASETS, canonical_name
+    from .fashion_mnist import build_fashion_mnist_task
+
+    if cfg.transforms == "timm" and not data_config:
+        raise UserError("--transforms timm needs the backbone's data config (timm backbones provide it); "
+                        "use --transforms tllib or small for this backbone")
+    if is_embedded(cfg):
+        if cfg.source_data is not None:
+            raise UserError("--source-data: the embedded Fashion-MNIST task brings its own source classes; "
+                            "give -d/--data with --root to use another source set")
+        train_tf, eval_tf, size = embedded_transforms(cfg.transforms, cfg.image_size, data_config)
+        return build_fashion_mnist_task(cfg, train_tf, eval_tf, size)
+
+    name = canonical_name(cfg.data)
+    builder = DATASETS.get(name)
+    kind = "tllib" if cfg.transforms == "auto" else cfg.transforms
+    train_tf, eval_tf, size = build_transforms(kind, cfg.image_size, data_config)
+    common = dict(download=cfg.download, skip_bad_images=cfg.skip_bad_images)
+    pool = builder(cfg.root, "train", sample_rate=cfg.sample_rate, **common)
+    test = builder(cfg.root, "test", sample_rate=100, transform=eval_tf, **common)
+    if cfg.num_samples_per_class is not None and cfg.num_samples_per_class < 1:
+        raise UserError(f"--num-samples-per-class must be >= 1, got {cfg.num_samples_per_class}")
+    train_idx, val_idx = split_per_class(pool.targets, cfg.num_samples_per_class, cfg.val_per_class, cfg.seed,
+                                         STREAM_TARGET)
+    if len(train_idx) == 0:
+        raise UserError(f"dataset {name}: no training images left after the validation carve")
+    target_train = pool.subset(train_idx, train_tf)
+    target_val = pool.subset(val_idx, eval_tf) if len(val_idx) else None
+
+    source, source_classes = None, None
+    if cfg.source_data is not None:
+        source_name = canonical_name(cfg.source_data)
+        if source_name == "FashionMNIST":
+            raise UserError("--source-data FashionMNIST is single-channel; use it through the embedded task "
+                            "(no -d) or convert it to an ImageFolder")
+        if cfg.source_root is None:
+            raise UserError(f"--source-data {source_name} needs --source-root (its dataset folder)")
+        full = DATASETS.get(source_name)(cfg.source_root, "train", sample_rate=100, **common)
+        keep = cap_per_class(full.targets, cfg.source_per_class, cfg.seed, STREAM_SOURCE)
+        source = full.subset(keep, train_tf)
+        source_classes = list(full.classes)
+    return TransferTask(name=name, target_train=target_train, target_val=target_val, target_test=test,
+                        target_classes=list(pool.classes), source_train=source, source_classes=source_classes,
+                        in_chans=3, image_size=size, eval_transform=eval_tf)

@@ -1,0 +1,147 @@
+"""Image transforms: TLlib's defaults, timm's data config, and a small-image path.
+
+``--transforms``:
+
+- ``tllib``: train ``RandomResizedCrop(S) + RandomHorizontalFlip + ToTensor + Normalize``;
+  eval ``Resize(round(S * 256 / 224)) + CenterCrop(S) + ToTensor + Normalize`` with ImageNet's
+  mean and std; ``S = --image-size`` (224 by default, TLlib's 256/224 ratio).
+- ``timm``: ``timm.data.create_transform(**data_config, is_training=...)`` with the backbone's
+  resolved data config (input size, interpolation, crop_pct, mean, std); ``--image-size``
+  overrides the input size.
+- ``small``: for small images: ``Resize(S) + RandomCrop(S, padding=S // 14) + flip`` (train),
+  ``Resize(S) + CenterCrop(S)`` (eval).
+- ``auto``: ``small`` for the embedded Fashion-MNIST task, ``tllib`` otherwise.
+
+The embedded Fashion-MNIST task keeps its images as uint8 tensors and uses the tensor
+transforms :class:`GrayTrain` / :class:`GrayEval` below (no PIL round trip): every choice keeps
+1 channel, normalised with Fashion-MNIST's mean and std; ``tllib``/``timm`` there only change
+the default size (``timm``: the backbone's input size).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FASHION_MNIST_MEAN = 0.2860  # training-set pixel mean of Fashion-MNIST in [0, 1]
+FASHION_MNIST_STD = 0.3530
+
+
+def tllib_transforms(image_size: int = 224) -> tuple[Callable, Callable]:
+    """TLlib's fine-tuning transforms at crop size ``image_size`` -> (train, eval)."""
+    import torchvision.transforms as T
+
+    normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
+    resize = int(round(image_size * 256 / 224))
+    test = T.Compose([T.Resize(resize), T.CenterCrop(image_size), T.ToTensor(), normalize])
+    return train, test
+
+
+def timm_transforms(data_config: Optional[dict], image_size: Optional[int] = None) -> tuple[Callable, Callable]:
+    """timm's transforms for a backbone's resolved data config -> (train, eval)."""
+    if not data_config:
+        raise UserError("--transforms timm needs the backbone's data config (timm backbones provide it); "
+                        "use --transforms tllib for this backbone")
+    from timm.data import create_transform
+
+    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+    config = {k: data_config[k] for k in keys if k in data_config}
+    if image_size is not None:
+        config["input_size"] = (3, image_size, image_size)
+    return create_transform(**config, is_training=True), create_transform(**config, is_training=False)
+
+
+def small_transforms(image_size: int) -> tuple[Callable, Callable]:
+    """Pad-and-crop + flip for small RGB images (CIFAR-sized) -> (train, eval)."""
+    import torchvision.transforms as T
+
+    normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    pad = max(1, image_size // 14)
+    train = T.Compose([T.Resize(image_size), T.RandomCrop(image_size, padding=pad), T.RandomHorizontalFlip(),
+                       T.ToTensor(), normalize])
+    test = T.Compose([T.Resize(image_size), T.CenterCrop(image_size), T.ToTensor(), normalize])
+    return train, test
+
+
+def build_transforms(kind: str, image_size: Optional[int], data_config: Optional[dict] = None
+                     ) -> tuple[Callable, Callable, int]:
+    """Resolve ``--transforms`` for an RGB image dataset -> (train, eval, image_size)."""
+    if kind == "auto":
+        kind = "tllib"
+    if kind == "timm":
+        train, test = timm_transforms(data_config, image_size)
+        size = image_size or int(data_config["input_size"][-1])
+        return train, test, int(size)
+    size = int(image_size or 224)
+    if kind == "tllib":
+        return (*tllib_transforms(size), size)
+    if kind == "small":
+        return (*small_transforms(size), size)
+    raise UserError(f"--transforms: unknown choice '{kind}' (auto, tllib, timm, small)")
+
+
+# --------------------------------------------------------------------- embedded (uint8 tensors)
+def _to_float(image: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (H, W) -> float (1, size, size) in [0, 1]; bilinear resize when size differs."""
+    x = image.to(torch.float32).div_(255.0).unsqueeze(0)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x.unsqueeze(0), size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=size < image.shape[-1]).squeeze(0)
+    return x
+
+
+class GrayEval:
+    """uint8 ``(H, W)`` -> normalised float ``(1, S, S)``: ``(resize(x / 255) - mean) / std``."""
+
+    def __init__(self, image_size: int = 28, mean: float = FASHION_MNIST_MEAN, std: float = FASHION_MNIST_STD):
+        self.image_size, self.mean, self.std = int(image_size), mean, std
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return (_to_float(image, self.image_size) - self.mean) / self.std
+
+    def __repr__(self) -> str:
+        return f"GrayEval(image_size={self.image_size})"
+
+
+class GrayTrain(GrayEval):
+    """:class:`GrayEval` + random crop after zero padding by ``S // 14`` (2 px at 28) + horizontal flip.
+
+    Randomness comes from torch's global generator (the joint loader seeds it per sample).
+    """
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        x = _to_float(image, self.image_size)
+        size = self.image_size
+        pad = max(1, size // 14)
+        padded = F.pad(x, (pad, pad, pad, pad))
+        top, left, flip = torch.randint(0, 2 * pad + 1, (2,)).tolist() + [bool(torch.rand(()) < 0.5)]
+        x = padded[:, top:top + size, left:left + size]
+        if flip:
+            x = x.flip(-1)
+        return (x - self.mean) / self.std
+
+    def __repr__(self) -> str:
+        return f"GrayTrain(image_size={self.image_size})"
+
+
+def embedded_transforms(kind: str, image_size: Optional[int], data_config: Optional[dict] = None
+                        ) -> tuple[Callable, Callable, int]:
+    """Transforms for the embedded Fashion-MNIST task -> (train, eval, image_size); 1 channel.
+
+    Default size: 28 (``auto``/``small``/``tllib``), the backbone's input size (``timm``).
+    """
+    if kind not in ("auto", "small", "tllib", "timm"):
+        raise UserError(f"--transforms: unknown choice '{kind}' (auto, tllib, timm, small)")
+    size = image_size
+    if size is None and kind == "timm" and data_config and "input_size" in data_config:
+        size = int(data_config["input_size"][-1])
+    size = int(size or 28)
+    if size < 8:
+        raise UserError(f"--image-size {size} is too small (at least 8)")
+    return GrayTrain(size), GrayEval(size), size
