@@ -97,6 +97,8 @@ class Config:
     ot_on: str = _opt("target", "which samples feed the OT term", choices=("target", "source", "both"))
     ot_target: str = _opt("prediction", "on target samples, q is the target-head prediction or the smoothed label",
                           choices=("prediction", "label"))
+    ot_source: str = _opt("label", "on source samples (--ot-on source|both), p is the smoothed source label or the "
+                                   "source-head prediction", choices=("label", "prediction"))
     ot_detach: bool = _opt(True, "detach the distribution that is not constrained (q on target samples, "
                                  "p on source samples)")
     ot_weight: float = _opt(1.0, "alpha: weight of the OT term")
@@ -108,6 +110,7 @@ class Config:
     cost_base: str = _opt("knn", "shuffled: the matrix whose source rows are permuted")
     cost_k: int = _opt(10, "knn: neighbours per target image")
     cost_index: str = _opt("flat", "knn: FAISS index", choices=("flat", "ivf", "hnsw"))
+    cost_nprobe: Optional[int] = _opt(None, "knn with --cost-index ivf: lists visited per query (default ~sqrt(nlist))")
     cost_metric: str = _opt("cosine", "centroid: distance", choices=("cosine", "euclidean"))
     cost_refresh: int = _opt(0, "rebuild the cost from current features every N epochs (0: never)")
     cost_seed: int = _opt(0, "shuffled: permutation seed")
@@ -121,6 +124,8 @@ class Config:
     overwrite: bool = _opt(False, "allow writing into a log folder that holds a finished run")
     skip_nonfinite: bool = _opt(False, "skip a step whose loss is NaN/inf instead of stopping")
     progress: bool = _opt(True, "show progress bars")
+    feature_cache: Optional[str] = _opt(None, "folder caching the features cost matrices are built from "
+                                              "(keyed by data settings and a hash of the weights); default LOG/features")
 
     # ------------------------------------------------------------------
     @classmethod

@@ -1,0 +1,27 @@
+"""Cost matrices between source and target classes (``--cost``), and the features they are built from.
+
+``M`` has shape ``(Ks, Kt)`` (rows source classes, columns target classes), ``M >= 0`` and
+``max(M) = 1`` unless ``normalize=False``. Build one with::
+
+    from tllib_jtln.cost import build_cost, save_cost
+    M = build_cost("knn", source_feats, source_labels, target_feats, target_labels, k=10)
+    save_cost(M, source_classes, target_classes, "logs/run")   # cost.npy, cost.json, cost.png
+
+Registered names (``COSTS.names()``): ``knn``, ``centroid``, ``source-head``, ``semantic``,
+``uniform``, ``shuffled``, and ``file:PATH``, which :func:`build_cost` parses itself (the registry
+entry exists so that ``tllib-jtln list costs`` shows it).
+"""
+from . import builders as _builders  # noqa: F401  (registers the builders)
+from .build import COSTS, FILE_PREFIX, CostInputs, build_cost, cost_options
+from .builders import class_means, pairwise_distance, seeded_derangement
+from .features import collect_features, weights_fingerprint
+from .io import describe_cost, load_cost_file, load_embeddings, nearest_sources, plot_cost, save_cost
+from .knn import knn_affinity, knn_search, knn_search_torch, l2_normalize
+
+__all__ = [
+    "COSTS", "FILE_PREFIX", "CostInputs", "build_cost", "cost_options",
+    "collect_features", "weights_fingerprint",
+    "save_cost", "load_cost_file", "load_embeddings", "plot_cost", "describe_cost", "nearest_sources",
+    "knn_search", "knn_search_torch", "knn_affinity", "l2_normalize",
+    "class_means", "pairwise_distance", "seeded_derangement",
+]
