@@ -1,0 +1,157 @@
+"""WassersteinLoss and the one-hot closed form."""
+import pytest
+import torch
+
+from tllib_jtln.config import Config
+from tllib_jtln.ot import WassersteinLoss, onehot_transport_cost, sinkhorn, smooth_histogram
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def setup(B=4, Ks=6, Kt=5, dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    cost = torch.rand(Ks, Kt, generator=gen, dtype=dtype)
+    logits = 2 * torch.randn(B, Ks, generator=gen, dtype=dtype)
+    q = torch.softmax(torch.randn(B, Kt, generator=gen, dtype=dtype), 1)
+    return logits, q, cost / cost.max()
+
+
+def test_loss_is_the_mean_entropic_ot_of_smoothed_histograms():
+    logits, q, cost = setup()
+    loss_fn = WassersteinLoss(eps=0.1, max_iter=2000, tol=1e-12, smooth=0.01)
+    loss = loss_fn(logits, q, cost)
+    p = 0.99 * torch.softmax(logits, 1) + 0.01 / 6
+    ref = sinkhorn(p, 0.99 * q + 0.01 / 5, cost, 0.1, max_iter=2000, tol=1e-12).value
+    assert loss.shape == () and torch.isclose(loss, ref.mean(), rtol=1e-12)
+    assert loss_fn.last_result.converged
+    per_sample = WassersteinLoss(eps=0.1, max_iter=2000, tol=1e-12, smooth=0.01, reduction="none")(logits, q, cost)
+    torch.testing.assert_close(per_sample, ref)
+    total = WassersteinLoss(eps=0.1, max_iter=2000, tol=1e-12, smooth=0.01, reduction="sum")(logits, q, cost)
+    assert torch.isclose(total, ref.sum(), rtol=1e-12)
+
+
+def test_smoothing_removes_zero_masses():
+    x = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    y = smooth_histogram(x, 0.1)
+    torch.testing.assert_close(y, torch.tensor([[0.925, 0.025, 0.025, 0.025]]))
+    assert smooth_histogram(x, 0.0) is x
+
+
+def test_gradient_flows_only_where_the_caller_allows():
+    logits, q, cost = setup()
+    logits.requires_grad_(True)
+    target_logits = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    loss = WassersteinLoss(eps=0.1)(logits, torch.softmax(target_logits, 1).detach(), cost)
+    loss.backward()
+    assert target_logits.grad is None
+    assert logits.grad is not None and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+    # the other way round: the target side learns, the source side does not
+    logits.grad = None
+    WassersteinLoss(eps=0.1)(logits.detach(), torch.softmax(target_logits, 1), cost).backward()
+    assert logits.grad is None and target_logits.grad.abs().sum() > 0
+
+
+def test_extreme_logits_small_eps_float32_give_finite_gradients():
+    logits = torch.tensor([[80.0, -80.0, 0.0], [0.0, 0.0, 0.0], [-1e4, 1e4, 0.0]], requires_grad=True)
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    cost = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5]])
+    loss = WassersteinLoss(eps=1e-3, max_iter=500, smooth=1e-3)(logits, q, cost)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
+def test_onehot_closed_form_matches_sinkhorn():
+    logits, _, cost = setup(seed=1)
+    p = torch.softmax(logits, 1)
+    labels = torch.tensor([0, 4, 2, 2])
+    q = torch.nn.functional.one_hot(labels, 5).double()
+    res = sinkhorn(p, q, cost, 0.1, max_iter=100, tol=1e-12)
+    closed = onehot_transport_cost(p, labels, cost)
+    torch.testing.assert_close(closed, torch.stack([p[b] @ cost[:, labels[b]] for b in range(4)]))
+    torch.testing.assert_close(res.transport_cost, closed, rtol=1e-10, atol=1e-12)
+    # the loss takes labels: with smooth=0 it uses the closed form (value = <p, M_j> - eps H(p))
+    loss_fn = WassersteinLoss(eps=0.1, smooth=0.0, reduction="none")
+    lg = logits.clone().requires_grad_(True)
+    values = loss_fn(lg, labels, cost)
+    assert loss_fn.last_result is None
+    torch.testing.assert_close(values, res.value.detach(), rtol=1e-9, atol=1e-12)
+    # and its gradient equals the envelope gradient of the full solver, through the softmax
+    values.sum().backward()
+    lg2 = logits.clone().requires_grad_(True)
+    sinkhorn(torch.softmax(lg2, 1), q, cost, 0.1, max_iter=100, tol=1e-12).value.sum().backward()
+    torch.testing.assert_close(lg.grad, lg2.grad, rtol=1e-7, atol=1e-9)
+
+
+def test_labels_with_smoothing_equal_smoothed_onehot_distribution():
+    logits, _, cost = setup(seed=2)
+    labels = torch.tensor([1, 0, 3, 4])
+    loss_fn = WassersteinLoss(eps=0.1, max_iter=500, tol=1e-12, smooth=0.05)
+    from_labels = loss_fn(logits, labels, cost)
+    from_dist = loss_fn(logits, torch.nn.functional.one_hot(labels, 5).double(), cost)
+    assert loss_fn.last_result is not None
+    torch.testing.assert_close(from_labels, from_dist)
+
+
+def test_minimising_the_loss_moves_mass_to_cheap_source_classes():
+    cost = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.2, 0.8]])
+    logits = torch.zeros(1, 3, requires_grad=True)
+    opt = torch.optim.SGD([logits], lr=2.0)
+    loss_fn = WassersteinLoss(eps=0.05)
+    target = torch.tensor([[1.0, 0.0]])
+    first = None
+    for _ in range(30):
+        opt.zero_grad()
+        loss = loss_fn(logits, target, cost)
+        first = loss.item() if first is None else first
+        loss.backward()
+        opt.step()
+    assert loss.item() < first - 0.3
+    assert torch.softmax(logits, 1)[0].argmax().item() == 0
+
+
+def test_from_config():
+    cfg = Config()
+    cfg.ot_eps, cfg.ot_iters, cfg.ot_tol, cfg.ot_smooth = 0.2, 33, 1e-4, 0.01
+    loss_fn = WassersteinLoss.from_config(cfg)
+    assert (loss_fn.eps, loss_fn.max_iter, loss_fn.tol, loss_fn.smooth) == (0.2, 33, 1e-4, 0.01)
+    assert "eps=0.2" in repr(loss_fn)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(reduction="avg"), "reduction"),
+    (dict(smooth=1.0), "smooth"),
+    (dict(smooth=-0.1), "smooth"),
+    (dict(eps=0.0), "eps"),
+])
+def test_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        WassersteinLoss(**kwargs)
+
+
+@pytest.mark.parametrize("case,match", [
+    ("labels_range", "target_dist: class indices"),
+    ("labels_batch", "target_dist: batch size"),
+    ("logits_1d", "source_logits"),
+    ("cost_shape", "cost: shape"),
+    ("q_unnormalised", "q: every row must sum to 1"),
+])
+def test_bad_inputs(case, match):
+    logits, q, cost = setup()
+    args = {
+        "labels_range": (logits, torch.tensor([0, 1, 2, 5]), cost),
+        "labels_batch": (logits, torch.tensor([0, 1]), cost),
+        "logits_1d": (logits[0], q, cost),
+        "cost_shape": (logits, torch.tensor([0, 1, 2, 3]), cost[:4]),
+        "q_unnormalised": (logits, 2 * q, cost),
+    }[case]
+    with pytest.raises(ValueError, match=match):
+        WassersteinLoss()(*args)
+    if case == "labels_range":
+        with pytest.raises(ValueError, match="labels: class indices"):
+            onehot_transport_cost(torch.softmax(logits, 1), args[1], cost)
