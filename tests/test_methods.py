@@ -1,0 +1,221 @@
+"""The method registry: every method's loss terms, stages, state, and the JTLN OT gradient paths."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+
+from tllib_jtln.config import Config
+from tllib_jtln.data import JointBatch
+from tllib_jtln.errors import UserError
+from tllib_jtln.methods import METHODS, SetupContext, build_method, forward_joint
+from tllib_jtln.methods.co_tuning import category_relation
+from tllib_jtln.models import JointClassifier, create_backbone
+
+KS, KT, SIZE = 5, 4, 16
+
+
+def make_task(source: bool = True):
+    return SimpleNamespace(source_train=[0] * 20 if source else None,
+                           source_classes=[f"s{i}" for i in range(KS)] if source else None,
+                           target_classes=[f"t{i}" for i in range(KT)], in_chans=1, image_size=SIZE)
+
+
+def make_model(pretrained_head: bool = False) -> JointClassifier:
+    backbone = create_backbone("smallcnn", pretrained=False, in_chans=1, image_size=SIZE)
+    head = nn.Linear(backbone.out_features, KS) if pretrained_head else None
+    return JointClassifier(backbone, KS, KT, source_head=head)
+
+
+def make_ctx(model: JointClassifier) -> SetupContext:
+    images = {"source": torch.randn(20, 1, SIZE, SIZE), "target": torch.randn(12, 1, SIZE, SIZE)}
+    labels = {"source": torch.arange(20) % KS, "target": torch.arange(12) % KT}
+    calls = []
+
+    def feature_fn(split):
+        calls.append(split)
+        model.eval()
+        with torch.no_grad():
+            feats = model.forward_features(images[split])
+        model.train()
+        return feats, labels[split]
+
+    ctx = SetupContext(model=model, device=torch.device("cpu"), feature_fn=feature_fn,
+                       source_classes=[f"s{i}" for i in range(KS)], target_classes=[f"t{i}" for i in range(KT)])
+    ctx.calls = calls
+    return ctx
+
+
+def make_batch(source: bool = True) -> JointBatch:
+    return JointBatch(torch.randn(6, 1, SIZE, SIZE) if source else None, torch.arange(6) % KS if source else None,
+                      torch.randn(4, 1, SIZE, SIZE), torch.arange(4) % KT)
+
+
+def make_cfg(method: str, **kw) -> Config:
+    return Config(method=method, **{"cost": "centroid", "epochs": 2, **kw})
+
+
+def run_setup(method, model, ctx):
+    method.prepare_model(model)
+    method.setup(ctx)
+    method.on_epoch_start(0, ctx)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_trains_both_stages(name):
+    cfg, task = make_cfg(name), make_task()
+    method = build_method(cfg, task)
+    model, ctx = make_model(), make_ctx(make_model())
+    ctx.model = model
+    run_setup(method, model, ctx)
+    assert method.uses_target
+    seen = set()
+    for epoch, progress in ((0, 0.1), (1, 0.9)):
+        method.on_epoch_start(epoch, ctx)
+        model.zero_grad()
+        terms = method.losses(model, make_batch(method.uses_source), progress)
+        assert terms and all(t.dim() == 0 and torch.isfinite(t) for t in terms.values())
+        sum(terms.values()).backward()
+        seen |= set(terms)
+    # by the end of training the target head has learnt
+    assert model.target_head.weight.grad is not None and model.target_head.weight.grad.abs().sum() > 0
+    assert "ce_target" in seen
+    # state round trip: a fresh method with the loaded state gives the same losses
+    state = method.state_dict()
+    other = build_method(cfg, task)
+    other.load_state_dict(state)
+    batch = make_batch(method.uses_source)
+    torch.manual_seed(3)
+    a = {k: v.item() for k, v in method.losses(model.eval(), batch, 0.9).items()}
+    b = {k: v.item() for k, v in other.losses(model, batch, 0.9).items()}
+    assert a == pytest.approx(b)
+
+
+def test_erm_and_consecutive_stages():
+    method = build_method(make_cfg("erm"), make_task())
+    assert not method.uses_source
+    model = make_model()
+    method.prepare_model(model)
+    assert not model.source_head.weight.requires_grad  # unused head frozen (DDP-safe)
+    assert set(method.losses(model, make_batch(False), 0.0)) == {"ce_target"}
+    method = build_method(make_cfg("consecutive", source_fraction=0.25), make_task())
+    assert set(method.losses(model, make_batch(), 0.2)) == {"ce_source"}
+    assert set(method.losses(model, make_batch(), 0.3)) == {"ce_target"}
+    for name in ("consecutive", "joint"):
+        with pytest.raises(UserError, match=f"--method {name} needs source data"):
+            build_method(make_cfg(name), make_task(source=False))
+
+
+def test_joint_forwards_once():
+    calls = []
+    model = make_model()
+
+    def counting(x):
+        calls.append(x.shape[0])
+        return model(x)
+
+    terms = build_method(make_cfg("joint"), make_task()).losses(counting, make_batch(), 0.5)
+    assert calls == [10] and set(terms) == {"ce_source", "ce_target"}
+    out_s, out_t = forward_joint(model, None, torch.randn(3, 1, SIZE, SIZE))
+    assert out_s is None and out_t[0].shape == (3, KS) and out_t[1].shape == (3, KT)
+
+
+def _ot_grads(cfg, source=True, pretrained_head=False):
+    task = make_task(source)
+    method = build_method(cfg, task)
+    model = make_model(pretrained_head)
+    run_setup(method, model, make_ctx(model))
+    terms = method.losses(model, make_batch(source), 0.5)
+    model.zero_grad()
+    terms["ot"].backward()
+
+    def norm(module):
+        grads = [p.grad.abs().sum() for p in module.parameters() if p.grad is not None]
+        return float(sum(grads)) if grads else 0.0
+
+    return terms, norm(model.source_head), norm(model.backbone), norm(model.target_head), model, method
+
+
+def test_jtln_ot_gradient_reaches_source_head_and_trunk_not_target_head():
+    terms, source_head, trunk, target_head, _, method = _ot_grads(make_cfg("jtln"))
+    assert set(terms) == {"ce_source", "ce_target", "ot"}
+    assert source_head > 0 and trunk > 0 and target_head == 0
+    assert method.cost.shape == (KS, KT) and method.artifacts()["cost"].max() == pytest.approx(1.0)
+    # q not detached: the target head learns from the OT term too
+    _, source_head, _, target_head, _, _ = _ot_grads(make_cfg("jtln", ot_detach=False))
+    assert source_head > 0 and target_head > 0
+    # OT on source samples with source labels: roles swap, only the target side learns
+    _, source_head, trunk, target_head, _, _ = _ot_grads(make_cfg("jtln", ot_on="source"))
+    assert source_head == 0 and trunk > 0 and target_head > 0
+    # weight scales the term
+    torch.manual_seed(0)
+    t1 = _ot_grads(make_cfg("jtln", ot_target="label"))[0]["ot"]
+    torch.manual_seed(0)
+    t2 = _ot_grads(make_cfg("jtln", ot_target="label", ot_weight=2.0))[0]["ot"]
+    assert t2.item() == pytest.approx(2 * t1.item(), rel=1e-4)
+
+
+def test_jtln_source_free():
+    cfg = make_cfg("jtln", cost="source-head")
+    terms, source_head, trunk, target_head, model, method = _ot_grads(cfg, source=False, pretrained_head=True)
+    assert not method.uses_source and set(terms) == {"ce_target", "ot"}
+    assert method.cost.shape == (KS, KT) and method.cost.min() >= 0 and method.cost.max() == pytest.approx(1.0)
+    assert not model.source_head.weight.requires_grad  # --source-head-lr 0: frozen
+    assert source_head == 0 and trunk > 0 and target_head == 0
+    with pytest.raises(UserError, match="--cost knn needs source features"):
+        build_method(make_cfg("jtln", cost="knn"), make_task(source=False))
+    with pytest.raises(UserError, match="--ot-on both needs source data"):
+        build_method(make_cfg("jtln", ot_on="both"), make_task(source=False))
+    with pytest.raises(UserError, match="needs a source head"):
+        build_method(make_cfg("jtln", cost="uniform"), make_task(source=False)).prepare_model(
+            JointClassifier(create_backbone("smallcnn", pretrained=False, in_chans=1), 0, KT))
+
+
+def test_jtln_cost_refresh_rebuilds_from_fresh_features():
+    method = build_method(make_cfg("jtln", cost="knn", cost_k=3, cost_refresh=2), make_task())  # FAISS
+    model = make_model()
+    ctx = make_ctx(model)
+    run_setup(method, model, ctx)
+    assert ctx.calls == ["target", "source"]
+    method.on_epoch_start(1, ctx)
+    assert len(ctx.calls) == 2
+    first = method.cost.clone()
+    with torch.no_grad():
+        model.backbone.blocks[0][0].weight.mul_(-1.0)  # the trunk changes: the refreshed cost follows
+    method.on_epoch_start(2, ctx)
+    assert ctx.calls[2:] == ["target", "source"] and method.cost.shape == (KS, KT)
+    assert not torch.equal(first, method.cost)
+
+
+def test_co_tuning_relation():
+    probs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    relation = category_relation(probs, torch.tensor([0, 0, 2]), 3)
+    assert torch.allclose(relation, torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]]))
+    relation = category_relation(probs, torch.tensor([0, 1, 1]), 2)
+    assert torch.allclose(relation, torch.tensor([[1.0, 0.0], [0.25, 0.75]]))
+    # source-free: relation from the pretrained head in setup
+    method = build_method(make_cfg("co_tuning"), make_task(source=False))
+    model = make_model(pretrained_head=True)
+    run_setup(method, model, make_ctx(model))
+    assert method.relation.shape == (KT, KS) and torch.allclose(method.relation.sum(1), torch.ones(KT))
+    terms = method.losses(model, make_batch(False), 0.0)
+    assert set(terms) == {"ce_target", "co_tuning"} and terms["co_tuning"] > 0
+    # with source data: source stage first, relation at the switch epoch
+    method = build_method(make_cfg("co_tuning", epochs=4, source_fraction=0.5), make_task())
+    model = make_model()
+    ctx = make_ctx(model)
+    run_setup(method, model, ctx)
+    assert method.relation is None and set(method.losses(model, make_batch(), 0.1)) == {"ce_source"}
+    method.on_epoch_start(1, ctx)
+    assert method.relation is None
+    method.on_epoch_start(2, ctx)
+    assert method.relation is not None and set(method.losses(model, make_batch(), 0.6)) == {"ce_target", "co_tuning"}
+
+
+def test_unknown_method_one_line_with_close_names():
+    with pytest.raises(UserError) as info:
+        build_method(Config(method="jtnl"), make_task())
+    message = str(info.value)
+    assert "\n" not in message and "unknown method 'jtnl'" in message and "'jtln'" in message

@@ -1,0 +1,181 @@
+"""The method contract: a small object that turns a batch into named loss terms.
+
+The engine's order of calls (it never special-cases a method)::
+
+    method = build_method(cfg, task)          # checks the settings against the data
+    model = build_model(cfg, task)
+    method.prepare_model(model)               # before DDP wrapping and the optimizer (also on resume)
+    optimizer = SGD(model.get_parameters(cfg.lr), ...)
+    method.setup(ctx)                         # once: cost matrix, relation, ... (or load_state_dict on resume)
+    for epoch in ...:
+        method.on_epoch_start(epoch, ctx)
+        for step in ...:
+            terms = method.losses(ddp_model, batch, progress)   # {"ce_target": ..., "ot": ...}
+            sum(terms.values()).backward()
+
+``model`` in :meth:`Method.losses` is a callable returning ``(source_logits (B, Ks),
+target_logits (B, Kt))``: possibly a DDP wrapper, so methods only ever call ``model(x)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import UserError
+from ..registry import Registry
+
+FeatureFn = Callable[[str], "tuple[Tensor, Tensor]"]
+
+
+@dataclass
+class SetupContext:
+    """What a method may use in :meth:`Method.setup` and :meth:`Method.on_epoch_start`.
+
+    Attributes:
+        model: the unwrapped :class:`~tllib_jtln.models.JointClassifier`.
+        device: where the model lives.
+        feature_fn: engine-provided ``split -> (features (N, D) float, labels (N,) int64)`` for
+            ``split in {"source", "target"}`` (the training images, eval transforms, model in
+            eval mode, ``model.forward_features``); :meth:`features` caches its results.
+        source_classes / target_classes: class names (source: None when unknown).
+        log_dir: the run's log folder (or None), is_main: rank 0 under DDP.
+    """
+
+    model: nn.Module
+    device: torch.device
+    feature_fn: FeatureFn
+    source_classes: Optional[list] = None
+    target_classes: Optional[list] = None
+    log_dir: Optional[Path] = None
+    is_main: bool = True
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def features(self, split: str, refresh: bool = False) -> tuple[Tensor, Tensor]:
+        """``(features (N, D), labels (N,))`` of the training images of ``split``; cached unless ``refresh``."""
+        if split not in ("source", "target"):
+            raise ValueError(f"split must be 'source' or 'target', got {split!r}")
+        if refresh or split not in self._cache:
+            self._cache[split] = self.feature_fn(split)
+        return self._cache[split]
+
+
+class Method:
+    """Base class. Subclasses set ``uses_source`` / ``uses_target`` and implement :meth:`losses`.
+
+    Args:
+        cfg: the run's :class:`~tllib_jtln.config.Config`.
+        task: the :class:`~tllib_jtln.data.TransferTask` (``source_train`` None: no source data).
+    """
+
+    name = ""
+    uses_source: bool = True
+    uses_target: bool = True
+
+    def __init__(self, cfg: Any, task: Any):
+        self.cfg = cfg
+        self.task = task
+        self.has_source_data = getattr(task, "source_train", None) is not None
+
+    def require_source_data(self) -> None:
+        if not self.has_source_data:
+            raise UserError(f"--method {self.name} needs source data: give --source-data (or use the embedded task)")
+
+    # ------------------------------------------------------------------ hooks
+    def prepare_model(self, model: nn.Module) -> None:
+        """Adjust the fresh model before DDP and the optimizer (e.g. freeze an unused head). Default: nothing."""
+
+    def setup(self, ctx: SetupContext) -> None:
+        """Once before training (not needed on resume after :meth:`load_state_dict`). Default: nothing."""
+
+    def on_epoch_start(self, epoch: int, ctx: SetupContext) -> None:
+        """At the start of each epoch (0-based). Default: nothing."""
+
+    def losses(self, model: Callable[[Tensor], tuple[Tensor, Tensor]], batch: Any,
+               progress: float) -> dict[str, Tensor]:
+        """Named, already-weighted scalar loss terms for one batch; ``progress`` in [0, 1]."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Tensor]:
+        """Tensors the method owns (cost matrix, relation); the engine checkpoints and broadcasts them."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        unknown = set(state) - set(self.state_keys())
+        if unknown:
+            raise KeyError(f"{self.name}: unexpected state keys {sorted(unknown)}")
+        for key, value in state.items():
+            setattr(self, key, value)
+
+    def state_keys(self) -> tuple[str, ...]:
+        return ()
+
+    def artifacts(self) -> dict[str, Tensor]:
+        """Tensors the engine saves and plots (``{"cost": M}``). Default: none."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(uses_source={self.uses_source}, uses_target={self.uses_target})"
+
+
+# ---------------------------------------------------------------------------------------------
+def forward_joint(model: Callable[[Tensor], tuple[Tensor, Tensor]], x_s: Optional[Tensor],
+                  x_t: Optional[Tensor]) -> tuple[Optional[tuple[Tensor, Tensor]], Optional[tuple[Tensor, Tensor]]]:
+    """One forward pass over ``cat(x_s, x_t)``; returns ``((src_logits_s, tgt_logits_s), (src_logits_t,
+    tgt_logits_t))`` with None for a missing side."""
+    xs = [x for x in (x_s, x_t) if x is not None]
+    if not xs:
+        raise ValueError("forward_joint: the batch has neither source nor target images")
+    source_logits, target_logits = model(torch.cat(xs) if len(xs) > 1 else xs[0])
+    n_s = 0 if x_s is None else x_s.shape[0]
+    out_s = (source_logits[:n_s], target_logits[:n_s]) if x_s is not None else None
+    out_t = (source_logits[n_s:], target_logits[n_s:]) if x_t is not None else None
+    return out_s, out_t
+
+
+def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy in float32 (safe under autocast)."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+METHODS: Registry[type[Method]] = Registry("methods")
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: ``@register_method("jtln")`` registers a :class:`Method` subclass and sets its ``name``."""
+    register = METHODS.register(name)
+
+    def decorate(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        return register(cls)
+
+    return decorate
+
+
+def build_method(cfg: Any, task: Any) -> Method:
+    """The method named ``cfg.method`` (UserError with close names when unknown)."""
+    return METHODS.get(cfg.method)(cfg, task)
+
+
+@torch.no_grad()
+def source_head_probs(model: nn.Module, features: Tensor, device: torch.device | str | None = None,
+                      chunk: int = 4096) -> Tensor:
+    """Source-head softmax ``(N, Ks)`` on trunk features ``(N, D)``, the model in eval mode, on the CPU.
+
+    ``model`` is the unwrapped :class:`~tllib_jtln.models.JointClassifier` (its ``heads``).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        device = device if device is not None else next(model.parameters()).device
+        out = [torch.softmax(model.heads(features[i:i + chunk].to(device))[0].float(), dim=1).cpu()
+               for i in range(0, features.shape[0], chunk)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else features.new_zeros(0, getattr(model, "num_source_classes", 0))

@@ -1,0 +1,102 @@
+r"""``co_tuning``: Co-Tuning for Transfer Learning (You, Kou, Jiang, Wang and Long, NeurIPS 2020).
+
+The source head is kept; each target label is translated into a soft label over the source
+classes through the category relation
+
+.. math::
+    R[j, :] = \frac{1}{|\{i: y_i = j\}|} \sum_{i: y_i = j} \mathrm{softmax}(h_s(g(x_i))),
+    \qquad R \in [0, 1]^{K_t \times K_s},
+
+the mean source-head prediction over the target training images of class ``j`` (computed once,
+model in eval mode), and the loss is
+
+.. math::
+    L = \mathrm{CE}(h_t(g(x_t)), y_t)
+        - \lambda\, \mathrm{mean}_{x_t} \sum_s R[y_t, s] \log \mathrm{softmax}(h_s(g(x_t)))_s
+
+with ``lambda = trade_off`` (2.3 by default, as TLlib). With a pretrained source head and no
+source data (the usual setting: ImageNet head) the relation is computed in ``setup``. With source
+data the source head is first trained by source cross-entropy for the first ``source_fraction``
+of the epochs, and the relation is computed at the start of the first epoch after that.
+The source head is trained (rate as TLlib: 0.1x under ``--finetune`` when pretrained).
+
+Shape: ``relation`` (Kt, Ks); terms ``ce_source`` (first stage) or ``ce_target`` and
+``co_tuning`` (scalars, the latter already multiplied by ``trade_off``).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+from .base import Method, SetupContext, cross_entropy, register_method, source_head_probs
+
+
+def category_relation(source_probs: Tensor, target_labels: Tensor, num_target_classes: int) -> Tensor:
+    """``R`` (Kt, Ks): mean of ``source_probs`` (N, Ks) over each target class; uniform rows for absent classes."""
+    ks = source_probs.shape[1]
+    labels = target_labels.long().to(source_probs.device)
+    sums = torch.zeros(num_target_classes, ks, dtype=torch.float32, device=source_probs.device)
+    sums.index_add_(0, labels, source_probs.float())
+    counts = torch.bincount(labels, minlength=num_target_classes).float().unsqueeze(1)
+    relation = sums / counts.clamp_min(1)
+    relation[counts.squeeze(1) == 0] = 1.0 / ks
+    return relation
+
+
+@register_method("co_tuning")
+class CoTuning(Method):
+    def __init__(self, cfg, task):
+        super().__init__(cfg, task)
+        self.uses_source = self.has_source_data
+        self.uses_target = True
+        self.relation: Optional[Tensor] = None
+        if self.uses_source:
+            if cfg.epochs < 2:
+                raise UserError("--method co_tuning with source data needs --epochs >= 2 (source stage, then "
+                                "co-tuning); or drop the source data to use the pretrained head")
+            if not 0.0 < cfg.source_fraction < 1.0:
+                raise UserError(f"--source-fraction must lie in (0, 1) for co_tuning with source data, "
+                                f"got {cfg.source_fraction}")
+        self.switch_epoch = min(max(1, round(cfg.source_fraction * cfg.epochs)), cfg.epochs - 1)
+
+    def prepare_model(self, model) -> None:
+        if getattr(model, "source_head", None) is None:
+            raise UserError("--method co_tuning needs a source head: give --source-data, or a backbone with a "
+                            "pretrained classifier (drop --no-pretrained, or give --pretrained-file)")
+        model.set_source_head_lr(1.0)
+
+    def compute_relation(self, ctx: SetupContext, refresh: bool = False) -> Tensor:
+        features, labels = ctx.features("target", refresh=refresh)
+        probs = source_head_probs(ctx.model, features, ctx.device)
+        return category_relation(probs, labels, ctx.model.num_target_classes).to(ctx.device)
+
+    def setup(self, ctx: SetupContext) -> None:
+        if not self.uses_source:
+            self.relation = self.compute_relation(ctx)
+
+    def on_epoch_start(self, epoch: int, ctx: SetupContext) -> None:
+        if self.uses_source and self.relation is None and epoch >= self.switch_epoch:
+            self.relation = self.compute_relation(ctx, refresh=True)
+
+    def losses(self, model, batch, progress):
+        if self.relation is None:
+            if not self.uses_source:
+                raise RuntimeError("co_tuning: setup(ctx) (or load_state_dict) must run before losses()")
+            source_logits, _ = model(batch.x_s)
+            return {"ce_source": cross_entropy(source_logits, batch.y_s)}
+        source_logits, target_logits = model(batch.x_t)
+        soft = self.relation.to(source_logits.device)[batch.y_t]
+        co = -(soft * torch.log_softmax(source_logits.float(), dim=1)).sum(1).mean()
+        return {"ce_target": cross_entropy(target_logits, batch.y_t), "co_tuning": self.cfg.trade_off * co}
+
+    def state_keys(self) -> tuple[str, ...]:
+        return ("relation",)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {} if self.relation is None else {"relation": self.relation}
+
+    def artifacts(self) -> dict[str, Tensor]:
+        return {} if self.relation is None else {"relation": self.relation.detach().cpu()}

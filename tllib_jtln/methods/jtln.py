@@ -1,0 +1,145 @@
+r"""``jtln``: Joint Transfer Learning Network (Lu, Chen and Saidi, arXiv:1709.02995), as ``docs/method.md``.
+
+.. math::
+    L = \mathrm{CE}(h_s(g(x_s)), y_s) + \mathrm{CE}(h_t(g(x_t)), y_t)
+        + \alpha \, \mathrm{mean}_x\, W_\varepsilon(p(x), q(x); M)
+
+with :math:`p = \mathrm{softmax}(h_s(g(x)))` over the ``Ks`` source classes, ``q`` a distribution
+over the ``Kt`` target classes and ``M`` the ``(Ks, Kt)`` cost matrix
+(:func:`tllib_jtln.cost.build_cost`), solved by :class:`tllib_jtln.ot.WassersteinLoss`.
+
+Switches (``Config``): ``ot_on`` (``target``: OT on target images, ``q`` = target-head prediction,
+detached under ``ot_detach``, or the label under ``ot_target=label``; ``source``: on source images
+the roles swap, ``q = softmax(h_t(g(x_s)))`` learns and ``p`` is the source label or, under
+``ot_source=prediction``, the (detached) source prediction, solved as
+:math:`W_\varepsilon(q, p; M^\top)`, the same problem transposed; ``both``: the sample-weighted
+mean of the two), ``ot_weight`` (alpha), ``ot_eps``, ``ot_iters``, ``ot_tol``, ``ot_smooth``,
+``cost`` and the ``cost_*`` options, ``cost_refresh`` (rebuild ``M`` from the current features
+every N epochs).
+
+Source-free: without source data (``task.source_train is None``) and a pretrained source head
+(e.g. ImageNet), the source cross-entropy is absent, the OT term uses target images only and the
+source head learns at ``source_head_lr`` times its rate (0: frozen). Costs that need source
+features (``knn``, ``centroid``) are then unavailable: use ``source-head``, ``semantic``,
+``uniform`` or ``file:PATH``.
+
+Shape (of one step): ``x_s`` (B_s, C, H, W), ``x_t`` (B_t, C, H, W) go through the network in one
+forward pass; every returned term is a scalar: ``ce_source``, ``ce_target``, ``ot`` (already
+multiplied by ``ot_weight``).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..cost import build_cost, cost_options
+from ..errors import UserError
+from ..ot import WassersteinLoss
+from .base import Method, SetupContext, cross_entropy, forward_joint, register_method, source_head_probs
+
+NEEDS_SOURCE_FEATURES = ("knn", "centroid")
+
+
+@register_method("jtln")
+class JTLN(Method):
+    def __init__(self, cfg, task):
+        super().__init__(cfg, task)
+        self.source_free = not self.has_source_data
+        self.uses_source = self.has_source_data
+        self.uses_target = True
+        if self.source_free and cfg.ot_on != "target":
+            raise UserError(f"--ot-on {cfg.ot_on} needs source data; without --source-data use --ot-on target")
+        base = cfg.cost_base if cfg.cost == "shuffled" else cfg.cost
+        if self.source_free and base in NEEDS_SOURCE_FEATURES:
+            flag = "--cost-base" if cfg.cost == "shuffled" else "--cost"
+            raise UserError(f"{flag} {base} needs source features; without --source-data use --cost source-head, "
+                            "semantic, uniform or file:PATH")
+        try:
+            self.ot = WassersteinLoss.from_config(cfg)
+        except ValueError as exc:
+            raise UserError(f"--ot-eps/--ot-smooth: {exc}") from None
+        self.cost: Optional[Tensor] = None
+
+    def prepare_model(self, model) -> None:
+        if getattr(model, "source_head", None) is None:
+            raise UserError("--method jtln needs a source head: give --source-data, or a backbone with a pretrained "
+                            "classifier (drop --no-pretrained, or give --pretrained-file)")
+        if self.source_free:
+            model.set_source_head_lr(self.cfg.source_head_lr)
+
+    # ------------------------------------------------------------------ cost matrix
+    def build_cost(self, ctx: SetupContext, refresh: bool = False) -> Tensor:
+        """``M`` (Ks, Kt) on ``ctx.device`` from the current features of the training images."""
+        model = ctx.model
+        target_features, target_labels = ctx.features("target", refresh=refresh)
+        source_features = source_labels = None
+        if not self.source_free:
+            source_features, source_labels = ctx.features("source", refresh=refresh)
+        # the source-head relation means something only for a pretrained (or already trained) head
+        base = self.cfg.cost_base if self.cfg.cost == "shuffled" else self.cfg.cost
+        probs = None
+        if base == "source-head" and (model.source_head_pretrained or refresh):
+            probs = source_head_probs(model, target_features, ctx.device)
+        options = dict(cost_options(self.cfg))
+        options.update(num_source_classes=model.num_source_classes, num_target_classes=model.num_target_classes,
+                       source_classes=ctx.source_classes or model.source_classes,
+                       target_classes=ctx.target_classes, source_probs=probs)
+        cost = build_cost(self.cfg.cost, source_features, source_labels, target_features, target_labels, **options)
+        expected = (model.num_source_classes, model.num_target_classes)
+        if tuple(cost.shape) != expected:
+            raise UserError(f"--cost {self.cfg.cost}: matrix of shape {tuple(cost.shape)}, expected {expected} "
+                            "(source classes x target classes)")
+        return cost.to(device=ctx.device, dtype=torch.float32)
+
+    def setup(self, ctx: SetupContext) -> None:
+        self.cost = self.build_cost(ctx)
+
+    def on_epoch_start(self, epoch: int, ctx: SetupContext) -> None:
+        every = self.cfg.cost_refresh
+        if every > 0 and epoch > 0 and epoch % every == 0:
+            self.cost = self.build_cost(ctx, refresh=True)
+
+    # ------------------------------------------------------------------ loss
+    def losses(self, model, batch, progress):
+        cfg = self.cfg
+        use_source = self.uses_source and batch.x_s is not None
+        out_s, (src_t, tgt_t) = forward_joint(model, batch.x_s if use_source else None, batch.x_t)
+        terms = {"ce_target": cross_entropy(tgt_t, batch.y_t)}
+        if use_source:
+            terms["ce_source"] = cross_entropy(out_s[0], batch.y_s)
+        if cfg.ot_weight == 0:
+            return terms
+        if self.cost is None:
+            raise RuntimeError("jtln: setup(ctx) (or load_state_dict) must run before losses()")
+        cost = self.cost.to(src_t.device)
+        parts: list[tuple[Tensor, int]] = []
+        if cfg.ot_on in ("target", "both"):
+            if cfg.ot_target == "label":
+                q: Tensor = batch.y_t
+            else:
+                q = torch.softmax(tgt_t.float(), dim=1)
+                q = q.detach() if cfg.ot_detach else q
+            parts.append((self.ot(src_t, q, cost), src_t.shape[0]))
+        if cfg.ot_on in ("source", "both") and use_source:
+            src_s, tgt_s = out_s
+            if cfg.ot_source == "label":
+                p: Tensor = batch.y_s
+            else:
+                p = torch.softmax(src_s.float(), dim=1)
+                p = p.detach() if cfg.ot_detach else p
+            parts.append((self.ot(tgt_s, p, cost.t()), tgt_s.shape[0]))
+        total = sum(n for _, n in parts)
+        terms["ot"] = cfg.ot_weight * sum(value * (n / total) for value, n in parts)
+        return terms
+
+    # ------------------------------------------------------------------ state
+    def state_keys(self) -> tuple[str, ...]:
+        return ("cost",)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {} if self.cost is None else {"cost": self.cost}
+
+    def artifacts(self) -> dict[str, Tensor]:
+        return {} if self.cost is None else {"cost": self.cost.detach().cpu()}
