@@ -125,7 +125,7 @@ class Config:
     skip_nonfinite: bool = _opt(False, "skip a step whose loss is NaN/inf instead of stopping")
     progress: bool = _opt(True, "show progress bars")
     feature_cache: Optional[str] = _opt(None, "folder caching the features cost matrices are built from "
-                                              "(keyed by data settings and a hash of the weights); default LOG/features")
+                                              "(keyed by data settings and a hash of the weights); none: no disk cache")
 
     # ------------------------------------------------------------------
     @classmethod
