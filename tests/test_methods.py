@@ -12,6 +12,7 @@ from tllib_jtln.data import JointBatch
 from tllib_jtln.errors import UserError
 from tllib_jtln.methods import METHODS, SetupContext, build_method, forward_joint
 from tllib_jtln.methods.co_tuning import category_relation
+from tllib_jtln.methods.jtln import head_prototypes
 from tllib_jtln.models import JointClassifier, create_backbone
 
 KS, KT, SIZE = 5, 4, 16
@@ -164,8 +165,12 @@ def test_jtln_source_free():
     assert method.cost.shape == (KS, KT) and method.cost.min() >= 0 and method.cost.max() == pytest.approx(1.0)
     assert not model.source_head.weight.requires_grad  # --source-head-lr 0: frozen
     assert source_head == 0 and trunk > 0 and target_head == 0
-    with pytest.raises(UserError, match="--cost knn needs source features"):
-        build_method(make_cfg("jtln", cost="knn"), make_task(source=False))
+    # knn without source images: target features against the source head's class prototypes
+    terms, _, _, _, model, method = _ot_grads(make_cfg("jtln", cost="knn", cost_k=2), source=False,
+                                              pretrained_head=True)
+    assert method.cost.shape == (KS, KT) and torch.isfinite(terms["ot"])
+    prototypes, labels = head_prototypes(model)
+    assert torch.equal(prototypes, model.source_head.weight.detach()) and torch.equal(labels, torch.arange(KS))
     with pytest.raises(UserError, match="--ot-on both needs source data"):
         build_method(make_cfg("jtln", ot_on="both"), make_task(source=False))
     with pytest.raises(UserError, match="needs a source head"):

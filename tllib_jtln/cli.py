@@ -65,7 +65,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.suite import run_suite
-    return run_suite(args.suite, out=args.out, dry_run=args.dry_run, only=args.only)
+    return run_suite(args.suite, out=args.out, dry_run=args.dry_run, only=args.only, jobs=args.jobs)
 
 
 def _given(args: argparse.Namespace) -> dict:
@@ -107,6 +107,7 @@ def build_parser() -> OneLineParser:
     bench.add_argument("--out", default=None, help="output folder (default: from the suite file)")
     bench.add_argument("--only", default=None, help="run only runs whose name matches this shell pattern")
     bench.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    bench.add_argument("--jobs", type=int, default=1, help="runs side by side (each gets cores/jobs threads)")
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,8 +94,10 @@ def expand_runs(suite: dict) -> list[SuiteRun]:
     return runs
 
 
-def run_one(run: SuiteRun, out: Path) -> tuple[str, float]:
-    """Train one run in its own process; returns its status ('done', 'skipped', 'failed: ...')."""
+def run_one(run: SuiteRun, out: Path, threads: int | None = None) -> tuple[str, float]:
+    """Train one run in its own process; returns its status ('done', 'skipped', 'failed: ...').
+
+    ``threads``: intra-op threads of that process (OMP_NUM_THREADS), for parallel runs."""
     log_dir = out / run.name
     if (log_dir / "summary.json").is_file():
         return "skipped", 0.0
@@ -105,9 +108,12 @@ def run_one(run: SuiteRun, out: Path) -> tuple[str, float]:
            "--no-progress"]
     if (log_dir / "checkpoints" / "last.pt").is_file():
         cmd.append("--resume")
+    env = os.environ.copy()
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     start = time.time()
     with open(log_dir / "stdout.txt", "a") as stdout:
-        proc = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+        proc = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env)
     seconds = time.time() - start
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
@@ -115,8 +121,11 @@ def run_one(run: SuiteRun, out: Path) -> tuple[str, float]:
     return "done", seconds
 
 
-def run_suite(path: str, out: str | None = None, dry_run: bool = False, only: str | None = None) -> int:
-    """``tllib-jtln bench --suite FILE``: run what is not finished, then write the tables."""
+def run_suite(path: str, out: str | None = None, dry_run: bool = False, only: str | None = None,
+              jobs: int = 1) -> int:
+    """``tllib-jtln bench --suite FILE``: run what is not finished, then write the tables.
+
+    ``jobs`` runs go side by side, each with ``cpu_count // jobs`` threads."""
     suite = load_suite(path)
     out_dir = Path(out or suite["out"])
     runs = expand_runs(suite)
@@ -127,11 +136,16 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, only: st
             print(run.name, " ".join(f"{k}={v}" for k, v in sorted(run.settings.items())))
         print(f"{len(runs)} runs -> {out_dir}")
         return 0
+    if jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {jobs}")
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     failures = 0
-    for index, run in enumerate(runs, 1):
-        status, seconds = run_one(run, out_dir)
-        failures += status.startswith("failed")
-        print(f"[{index}/{len(runs)}] {run.name}: {status} ({seconds:.0f} s)", flush=True)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(run_one, run, out_dir, threads): run for run in runs}
+        for index, future in enumerate(as_completed(futures), 1):
+            status, seconds = future.result()
+            failures += status.startswith("failed")
+            print(f"[{index}/{len(runs)}] {futures[future].name}: {status} ({seconds:.0f} s)", flush=True)
     results = collect_results(suite, expand_runs(suite), out_dir)
     md_path = write_report(suite, results, out_dir, suite_file=path)
     print(f"table: {md_path}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,6 +88,21 @@ def prepare_log_dir(log_dir: str | Path, *, overwrite: bool, resume: bool, is_ma
     if overwrite and not resume and clear:
         clear_run(log_dir)
     return log_dir
+
+
+def check_free_space(log_dir: Path, model: "torch.nn.Module") -> None:
+    """Refuse to start when the log folder's disk cannot hold the run's checkpoints.
+
+    A checkpoint holds the weights and about as much optimiser state (SGD momentum); ``last.pt``,
+    ``best.pt`` and one temporary copy during the atomic write make six times the weights' bytes,
+    plus 16 MiB for metrics, plots and the cost matrix.
+    """
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    need = 6 * weights + (16 << 20)
+    free = shutil.disk_usage(log_dir).free
+    if free < need:
+        raise UserError(f"--log {log_dir}: {free / 2**20:.0f} MiB free, the run's checkpoints need about "
+                        f"{need / 2**20:.0f} MiB; free some space or choose another --log")
 
 
 def clear_run(log_dir: Path) -> None:

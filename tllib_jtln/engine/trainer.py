@@ -38,8 +38,8 @@ from . import distributed as D
 from .checkpoint import (FORMAT, load_checkpoint, rng_state, save_checkpoint, seed_everything,
                          set_rng_state)
 from .evaluate import EvalResult, evaluate
-from .logdir import (MetricsLog, best_checkpoint, clear_run, last_checkpoint, prepare_log_dir, write_config,
-                     write_env, write_summary)
+from .logdir import (MetricsLog, best_checkpoint, check_free_space, clear_run, last_checkpoint, prepare_log_dir,
+                     write_config, write_env, write_summary)
 
 
 def _say(is_main: bool, message: str) -> None:
@@ -295,6 +295,7 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
     model = model.to(device)
     D.barrier()  # every rank has checked the folder and built its model
     if is_main:
+        check_free_space(log_dir, model)
         if cfg.overwrite and not cfg.resume:
             clear_run(log_dir)
         write_config(cfg.to_dict(), log_dir)

@@ -19,9 +19,9 @@ every N epochs).
 
 Source-free: without source data (``task.source_train is None``) and a pretrained source head
 (e.g. ImageNet), the source cross-entropy is absent, the OT term uses target images only and the
-source head learns at ``source_head_lr`` times its rate (0: frozen). Costs that need source
-features (``knn``, ``centroid``) are then unavailable: use ``source-head``, ``semantic``,
-``uniform`` or ``file:PATH``.
+source head learns at ``source_head_lr`` times its rate (0: frozen). The ``knn`` and ``centroid``
+costs then compare target features with the source head's class prototypes (its weight rows,
+:func:`head_prototypes`) in place of source images.
 
 Shape (of one step): ``x_s`` (B_s, C, H, W), ``x_t`` (B_t, C, H, W) go through the network in one
 forward pass; every returned term is a scalar: ``ce_source``, ``ce_target``, ``ot`` (already
@@ -39,7 +39,22 @@ from ..errors import UserError
 from ..ot import WassersteinLoss
 from .base import Method, SetupContext, cross_entropy, forward_joint, register_method, source_head_probs
 
-NEEDS_SOURCE_FEATURES = ("knn", "centroid")
+
+
+def head_prototypes(model) -> tuple[Tensor, Tensor]:
+    """Source-free stand-ins for source features: the pretrained source head's weight rows.
+
+    A linear head ``h_s(f) = W f + c`` over trunk features scores class ``s`` by ``<W[s], f>``,
+    so ``W[s]`` (D,) is class ``s``'s prototype in the feature space; with one "image" per class
+    (labels ``arange(Ks)``) the ``knn`` and ``centroid`` costs then measure how close each target
+    class's features are to each source class's prototype (cosine). Returns ``(W (Ks, D), arange(Ks))``.
+    """
+    head = model.source_head
+    weight = getattr(head, "weight", None)
+    if weight is None or weight.ndim != 2 or weight.shape[1] != model.features_dim:
+        raise UserError("--cost knn/centroid without --source-data needs a linear pretrained source head over the "
+                        "trunk features; use --cost source-head, or give --source-data")
+    return weight.detach().float().cpu(), torch.arange(weight.shape[0])
 
 
 @register_method("jtln")
@@ -51,11 +66,6 @@ class JTLN(Method):
         self.uses_target = True
         if self.source_free and cfg.ot_on != "target":
             raise UserError(f"--ot-on {cfg.ot_on} needs source data; without --source-data use --ot-on target")
-        base = cfg.cost_base if cfg.cost == "shuffled" else cfg.cost
-        if self.source_free and base in NEEDS_SOURCE_FEATURES:
-            flag = "--cost-base" if cfg.cost == "shuffled" else "--cost"
-            raise UserError(f"{flag} {base} needs source features; without --source-data use --cost source-head, "
-                            "semantic, uniform or file:PATH")
         try:
             self.ot = WassersteinLoss.from_config(cfg)
         except ValueError as exc:
@@ -74,8 +84,9 @@ class JTLN(Method):
         """``M`` (Ks, Kt) on ``ctx.device`` from the current features of the training images."""
         model = ctx.model
         target_features, target_labels = ctx.features("target", refresh=refresh)
-        source_features = source_labels = None
-        if not self.source_free:
+        if self.source_free:
+            source_features, source_labels = head_prototypes(model)
+        else:
             source_features, source_labels = ctx.features("source", refresh=refresh)
         # the source-head relation means something only for a pretrained (or already trained) head
         base = self.cfg.cost_base if self.cfg.cost == "shuffled" else self.cfg.cost

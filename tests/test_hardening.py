@@ -1,0 +1,93 @@
+"""Files from strangers and faults (issue 9): nothing runs that should not, nothing is lost.
+
+Pinned here: a malicious pickle given as ``--pretrained-file`` never executes; a checkpoint write
+killed mid-way leaves the previous checkpoint loadable and ``--resume`` finishes the run; a disk
+too small for the checkpoints is reported before anything is written. (List files that escape
+the dataset root: tests/test_data_imagelist.py; NaN losses: tests/test_engine_e2e.py; YAML tags
+and the CLI fuzzer: tests/test_cli_fuzz.py; pickled .npy costs: tests/test_cost_io.py.)
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tllib_jtln.cli import main
+from tllib_jtln.engine.checkpoint import load_checkpoint
+from tllib_jtln.engine.run import resolve_config, train_from_flags
+from tllib_jtln.engine.trainer import train
+
+from tiny_images import make_tiny_task, tiny_argv, tiny_flags
+
+
+class _Marker:
+    """Unpickling this object would create the marker file (through os.system)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    make_tiny_task(root)
+    return root
+
+
+def test_malicious_pretrained_file_never_runs_and_is_named(data_root, tmp_path, capsys):
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "weights.pth"
+    torch.save({"state_dict": _Marker(marker)}, evil)
+    code = main(["train", *tiny_argv(data_root, tmp_path / "log", pretrained=True), "--pretrained-file", str(evil)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and str(evil) in err[0]
+    assert not marker.exists()
+
+
+def test_checkpoint_write_killed_midway_keeps_previous_and_resume_finishes(data_root, tmp_path):
+    log = tmp_path / "run"
+    stopped = train(resolve_config(tiny_flags(data_root, log, method="jtln", epochs=3)), stop_after_epoch=1)
+    assert stopped["stopped_after_epoch"] == 1
+    last = log / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    # A child process starts rewriting last.pt through the same atomic writer and is killed mid-write.
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from tllib_jtln.engine.checkpoint import _atomic_write
+        def slow(fh):
+            fh.write(b"partial checkpoint bytes")
+            fh.flush()
+            print("writing", flush=True)
+            time.sleep(60)
+        _atomic_write({str(last)!r}, slow)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing"
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert last.read_bytes() == before  # the previous checkpoint is untouched
+    assert load_checkpoint(last)["epoch"] == 1
+    assert train_from_flags({"resume": True, "log": str(log), "progress": False}) == 0
+    summary = json.loads((log / "summary.json").read_text())
+    assert 0.0 <= summary["test_top1"] <= 1.0
+
+
+def test_disk_too_small_is_reported_before_anything_is_written(data_root, tmp_path, monkeypatch, capsys):
+    import tllib_jtln.engine.logdir as logdir
+
+    real = logdir.shutil.disk_usage
+    monkeypatch.setattr(logdir.shutil, "disk_usage", lambda p: real(p)._replace(free=1024))
+    log = tmp_path / "full"
+    code = main(["train", *tiny_argv(data_root, log)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "MiB free" in err[0]
+    assert not (log / "config.yaml").exists() and not (log / "checkpoints").exists()
