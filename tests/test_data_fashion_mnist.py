@@ -100,3 +100,14 @@ def test_missing_files_name_both_routes(tmp_path, monkeypatch):
     assert "apt-get install dataset-fashion-mnist" in message and "--download" in message
     with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist.*--download"):
         prepare_dataset("fashion-mnist", tmp_path / "empty")
+
+
+def test_source_data_none_keeps_only_the_target_classes():
+    from tllib_jtln.config import Config
+    from tllib_jtln.data import build_task
+
+    task = build_task(Config(source_data="none", num_samples_per_class=2, val_per_class=3, image_size=28,
+                             transforms="small", workers=0))
+    assert task.source_train is None and task.source_classes is None
+    assert task.target_classes == ["Pullover", "Dress", "Shirt", "Sneaker", "Ankle boot"]
+    assert len(task.target_train) == 10 and len(task.target_val) == 15

@@ -53,7 +53,8 @@ class Config:
                                                 flags=("-K", "--num-samples-per-class"))
     val_per_class: int = _opt(20, "target validation images per class, carved (seeded) from the training pool")
     # --- source data
-    source_data: Optional[str] = _opt(None, "source dataset for the source head (the embedded task brings its own)")
+    source_data: Optional[str] = _opt(None, "source dataset for the source head (the embedded task brings its own; "
+                                                 "none: no source images)")
     source_root: Optional[str] = _opt(None, "source dataset root folder")
     source_per_class: Optional[int] = _opt(None, "cap on source images per class (seeded); none: all")
     # --- images

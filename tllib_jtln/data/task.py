@@ -3,7 +3,8 @@
 :func:`build_task` turns a :class:`~tllib_jtln.config.Config` into a :class:`TransferTask`:
 
 - no ``-d`` (or ``-d FashionMNIST``): the embedded Fashion-MNIST task
-  (:mod:`tllib_jtln.data.fashion_mnist`), which brings its own source set;
+  (:mod:`tllib_jtln.data.fashion_mnist`), which brings its own source set
+  (``--source-data none``: its target classes alone, for source-free runs with a pretrained head);
 - ``-d NAME --root DIR``: target train = ``image_list/train_{sr}.txt``, target test =
   ``image_list/test.txt`` (or the dataset's native files). With ``-K`` the target training set
   is ``K`` seeded images per class and the validation set ``--val-per-class`` seeded images per
@@ -16,6 +17,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -90,11 +92,14 @@ def build_task(cfg, data_config: Optional[dict] = None) -> TransferTask:
         raise UserError("--transforms timm needs the backbone's data config (timm backbones provide it); "
                         "use --transforms tllib or small for this backbone")
     if is_embedded(cfg):
-        if cfg.source_data is not None:
+        no_source = cfg.source_data is not None and cfg.source_data.lower() == "none"
+        if cfg.source_data is not None and not no_source:
             raise UserError("--source-data: the embedded Fashion-MNIST task brings its own source classes; "
-                            "give -d/--data with --root to use another source set")
+                            "give -d/--data with --root to use another source set, or --source-data none "
+                            "for its target classes alone (source-free, with a pretrained head)")
         train_tf, eval_tf, size = embedded_transforms(cfg.transforms, cfg.image_size, data_config)
-        return build_fashion_mnist_task(cfg, train_tf, eval_tf, size)
+        task = build_fashion_mnist_task(cfg, train_tf, eval_tf, size)
+        return dataclasses.replace(task, source_train=None, source_classes=None) if no_source else task
 
     name = canonical_name(cfg.data)
     builder = DATASETS.get(name)
