@@ -54,7 +54,8 @@ def _fake_summaries(suite, out, values):
         folder = out / run.name
         folder.mkdir(parents=True)
         top1 = values[(run.row, run.setting)][run.seed]
-        (folder / "summary.json").write_text(json.dumps({"test_top1": top1, "test_mean_class_acc": top1 / 2}))
+        (folder / "summary.json").write_text(json.dumps({"test_top1": top1, "test_mean_class_acc": top1 / 2,
+                                                         "val_top1": 1 - top1}))
 
 
 def test_tables_show_mean_and_sample_std_and_paired_wins(suite, tmp_path):
@@ -69,6 +70,7 @@ def test_tables_show_mean_and_sample_std_and_paired_wins(suite, tmp_path):
     assert "+6.7 ± 5.8 (2/3 wins)" in pairs and "+0.0 ± 0.0 (0/3 wins)" in pairs
     md = write_report(suite, records, tmp_path, "suite.yaml").read_text()
     assert "Runs finished: 12/12" in md and "test mean-class acc" in md
+    assert "| erm | 40.0 ± 10.0 | 40.0 ± 10.0 |" in md  # the validation table (1 - top1)
 
 
 def test_missing_seeds_are_marked_and_finished_runs_are_skipped(suite, tmp_path):

@@ -6,12 +6,7 @@ from tllib_jtln.config import Config
 from tllib_jtln.ot import WassersteinLoss, onehot_transport_cost, sinkhorn, smooth_histogram
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def setup(B=4, Ks=6, Kt=5, dtype=torch.float64, seed=0):

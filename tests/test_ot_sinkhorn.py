@@ -10,13 +10,7 @@ import tllib_jtln.ot.solver as solver
 from tllib_jtln.ot import sinkhorn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny problems: one intra-op thread avoids thread-pool stalls on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def problem(B, Ks, Kt, dtype=torch.float64, seed=0, peak=2.0):

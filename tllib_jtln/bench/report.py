@@ -13,7 +13,8 @@ import statistics
 import time
 from pathlib import Path
 
-METRICS = (("test_top1", "test top-1"), ("test_mean_class_acc", "test mean-class acc"))
+METRICS = (("test_top1", "test top-1"), ("test_mean_class_acc", "test mean-class acc"),
+           ("val_top1", "validation top-1 (what model and switch selection may look at)"))
 
 
 def collect_results(suite: dict, runs: list, out_dir: Path) -> list[dict]:
