@@ -140,22 +140,30 @@ def _ot_grads(cfg, source=True, pretrained_head=False):
 
 
 def test_jtln_ot_gradient_reaches_source_head_and_trunk_not_target_head():
-    terms, source_head, trunk, target_head, _, method = _ot_grads(make_cfg("jtln"))
+    terms, source_head, trunk, target_head, _, method = _ot_grads(make_cfg("jtln", ot_on="target"))
     assert set(terms) == {"ce_source", "ce_target", "ot"}
     assert source_head > 0 and trunk > 0 and target_head == 0
     assert method.cost.shape == (KS, KT) and method.artifacts()["cost"].max() == pytest.approx(1.0)
     # q not detached: the target head learns from the OT term too
-    _, source_head, _, target_head, _, _ = _ot_grads(make_cfg("jtln", ot_detach=False))
+    _, source_head, _, target_head, _, _ = _ot_grads(make_cfg("jtln", ot_on="target", ot_detach=False))
     assert source_head > 0 and target_head > 0
     # OT on source samples with source labels: roles swap, only the target side learns
     _, source_head, trunk, target_head, _, _ = _ot_grads(make_cfg("jtln", ot_on="source"))
     assert source_head == 0 and trunk > 0 and target_head > 0
     # weight scales the term
     torch.manual_seed(0)
-    t1 = _ot_grads(make_cfg("jtln", ot_target="label"))[0]["ot"]
+    t1 = _ot_grads(make_cfg("jtln", ot_on="target", ot_target="label"))[0]["ot"]
     torch.manual_seed(0)
-    t2 = _ot_grads(make_cfg("jtln", ot_target="label", ot_weight=2.0))[0]["ot"]
+    t2 = _ot_grads(make_cfg("jtln", ot_on="target", ot_target="label", ot_weight=2.0))[0]["ot"]
     assert t2.item() == pytest.approx(2 * t1.item(), rel=1e-4)
+
+
+def test_jtln_ot_on_auto_is_source_with_source_data_and_target_without():
+    assert build_method(make_cfg("jtln"), make_task()).ot_on == "source"
+    assert build_method(make_cfg("jtln", cost="uniform"), make_task(source=False)).ot_on == "target"
+    # the default (auto) with source data: the target head learns from source images, the source head does not
+    _, source_head, trunk, target_head, _, _ = _ot_grads(make_cfg("jtln"))
+    assert source_head == 0 and trunk > 0 and target_head > 0
 
 
 def test_jtln_source_free():

@@ -95,7 +95,8 @@ class Config:
     source_head_lr: float = _opt(0.0, "source-free jtln: source-head learning rate multiplier (0: frozen)")
 
     # --- JTLN (see the spec: docs/method.md)
-    ot_on: str = _opt("target", "which samples feed the OT term", choices=("target", "source", "both"))
+    ot_on: str = _opt("auto", "which samples feed the OT term; auto: source with source data (chosen on "
+                              "validation), target without", choices=("auto", "target", "source", "both"))
     ot_target: str = _opt("prediction", "on target samples, q is the target-head prediction or the smoothed label",
                           choices=("prediction", "label"))
     ot_source: str = _opt("label", "on source samples (--ot-on source|both), p is the smoothed source label or the "

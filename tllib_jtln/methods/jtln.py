@@ -8,7 +8,8 @@ with :math:`p = \mathrm{softmax}(h_s(g(x)))` over the ``Ks`` source classes, ``q
 over the ``Kt`` target classes and ``M`` the ``(Ks, Kt)`` cost matrix
 (:func:`tllib_jtln.cost.build_cost`), solved by :class:`tllib_jtln.ot.WassersteinLoss`.
 
-Switches (``Config``): ``ot_on`` (``target``: OT on target images, ``q`` = target-head prediction,
+Switches (``Config``): ``ot_on`` (``auto``, the default: ``source`` with source data, ``target``
+without; ``target``: OT on target images, ``q`` = target-head prediction,
 detached under ``ot_detach``, or the label under ``ot_target=label``; ``source``: on source images
 the roles swap, ``q = softmax(h_t(g(x_s)))`` learns and ``p`` is the source label or, under
 ``ot_source=prediction``, the (detached) source prediction, solved as
@@ -41,6 +42,16 @@ from .base import Method, SetupContext, cross_entropy, forward_joint, register_m
 
 
 
+def resolve_ot_on(ot_on: str, has_source_data: bool) -> str:
+    """``--ot-on auto`` (the default): ``source`` with source data (chosen on the validation split of the
+    embedded task's ablation, see the README), ``target`` without (the only choice source-free)."""
+    if ot_on == "auto":
+        return "source" if has_source_data else "target"
+    if not has_source_data and ot_on != "target":
+        raise UserError(f"--ot-on {ot_on} needs source data; without --source-data use --ot-on target (or auto)")
+    return ot_on
+
+
 def head_prototypes(model) -> tuple[Tensor, Tensor]:
     """Source-free stand-ins for source features: the pretrained source head's weight rows.
 
@@ -64,8 +75,7 @@ class JTLN(Method):
         self.source_free = not self.has_source_data
         self.uses_source = self.has_source_data
         self.uses_target = True
-        if self.source_free and cfg.ot_on != "target":
-            raise UserError(f"--ot-on {cfg.ot_on} needs source data; without --source-data use --ot-on target")
+        self.ot_on = resolve_ot_on(cfg.ot_on, self.has_source_data)
         try:
             self.ot = WassersteinLoss.from_config(cfg)
         except ValueError as exc:
@@ -126,14 +136,14 @@ class JTLN(Method):
             raise RuntimeError("jtln: setup(ctx) (or load_state_dict) must run before losses()")
         cost = self.cost.to(src_t.device)
         parts: list[tuple[Tensor, int]] = []
-        if cfg.ot_on in ("target", "both"):
+        if self.ot_on in ("target", "both"):
             if cfg.ot_target == "label":
                 q: Tensor = batch.y_t
             else:
                 q = torch.softmax(tgt_t.float(), dim=1)
                 q = q.detach() if cfg.ot_detach else q
             parts.append((self.ot(src_t, q, cost), src_t.shape[0]))
-        if cfg.ot_on in ("source", "both") and use_source:
+        if self.ot_on in ("source", "both") and use_source:
             src_s, tgt_s = out_s
             if cfg.ot_source == "label":
                 p: Tensor = batch.y_s
