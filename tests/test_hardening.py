@@ -63,13 +63,13 @@ def test_checkpoint_write_killed_midway_keeps_previous_and_resume_finishes(data_
     # A child process starts rewriting last.pt through the same atomic writer and is killed mid-write.
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from tllib_jtln.engine.checkpoint import _atomic_write
+        from tllib_jtln.fileio import atomic_write
         def slow(fh):
             fh.write(b"partial checkpoint bytes")
             fh.flush()
             print("writing", flush=True)
             time.sleep(60)
-        _atomic_write({str(last)!r}, slow)
+        atomic_write({str(last)!r}, slow)
     """)], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "writing"
     child.send_signal(signal.SIGKILL)

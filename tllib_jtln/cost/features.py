@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
 from torch import Tensor, nn
+
+from ..fileio import atomic_write
 
 ModelLike = Union[nn.Module, Callable[[Tensor], Tensor]]
 
@@ -89,16 +89,7 @@ def _load(path: Path) -> Optional[tuple[Tensor, Tensor]]:
 
 
 def _save(path: Path, feats: Tensor, labels: Tensor) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"features": feats, "labels": labels}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda handle: torch.save({"features": feats, "labels": labels}, handle))
 
 
 @torch.no_grad()

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -29,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from ..fileio import atomic_write
 
 
 # ---------------------------------------------------------------------------- small helpers
@@ -69,19 +68,6 @@ def _check_names(kind: str, found: Optional[Sequence[str]], expected: Optional[S
                             f"class order")
     if len(found) != len(expected):
         raise UserError(f"cost file {path}: {len(found)} {kind} class names but the dataset has {len(expected)}")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: no half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------- file:PATH
@@ -282,7 +268,7 @@ def plot_cost(matrix: Tensor, source_classes: Optional[Sequence[str]], target_cl
         ax.set_yticks(range(ks))
         ax.set_yticklabels(src, fontsize=max(5, min(9, 360 // max(ks, 1))))
     path = Path(path)
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
     return path
 
 
@@ -304,15 +290,11 @@ def save_cost(matrix: Tensor, source_classes: Optional[Sequence[str]], target_cl
     paths = {"npy": folder / f"{stem}.npy", "json": folder / f"{stem}.json", "png": folder / f"{stem}.png"}
     array = values.numpy()
 
-    def write_npy(tmp: str) -> None:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-
     meta = {"source_classes": list(map(str, source_classes)) if source_classes is not None else None,
             "target_classes": list(map(str, target_classes)) if target_classes is not None else None,
             "shape": list(array.shape), "rows": "source", "columns": "target"}
-    _atomic_write(paths["npy"], write_npy)
-    _atomic_write(paths["json"], lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1) + "\n"))
+    atomic_write(paths["npy"], lambda handle: np.save(handle, array, allow_pickle=False))
+    atomic_write(paths["json"], lambda handle: handle.write((json.dumps(meta, indent=1) + "\n").encode()))
     plot_cost(values, source_classes, target_classes, paths["png"])
     return paths
 

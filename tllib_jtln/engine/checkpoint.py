@@ -16,7 +16,6 @@ Layout written by the trainer (``FORMAT = 1``)::
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -25,33 +24,15 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..fileio import atomic_write
 
 FORMAT = 1
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(file_object)`` on ``path.tmp``, fsync, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
     """Write ``state`` to ``path`` atomically (``torch.save`` to a temporary file, then ``os.replace``)."""
     path = Path(path)
-    _atomic_write(path, lambda fh: torch.save(state, fh))
+    atomic_write(path, lambda fh: torch.save(state, fh))
     return path
 
 
@@ -77,14 +58,14 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
 def write_json(data: Any, path: str | Path) -> Path:
     """Write JSON atomically (indented, keys in insertion order, trailing newline)."""
     text = (json.dumps(data, indent=2) + "\n").encode()
-    _atomic_write(Path(path), lambda fh: fh.write(text))
+    atomic_write(Path(path), lambda fh: fh.write(text))
     return Path(path)
 
 
 def write_text(text: str, path: str | Path) -> Path:
     """Write a text file atomically."""
     data = text.encode()
-    _atomic_write(Path(path), lambda fh: fh.write(data))
+    atomic_write(Path(path), lambda fh: fh.write(data))
     return Path(path)
 
 

@@ -1,0 +1,29 @@
+"""Atomic file writes, shared by checkpoints, cost matrices and feature caches.
+
+``atomic_write(path, write)`` calls ``write(binary_file_object)`` on ``path.tmp`` in the same
+folder, flushes and fsyncs it, then renames it over ``path`` with :func:`os.replace`: a reader (or a
+run killed mid-write) sees the old file or the new one, never half of one. The file gets the
+usual permissions (``0o666`` minus the umask).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write ``path`` atomically through ``write(file_object)``; returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
