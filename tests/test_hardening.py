@@ -91,3 +91,24 @@ def test_disk_too_small_is_reported_before_anything_is_written(data_root, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "MiB free" in err[0]
     assert not (log / "config.yaml").exists() and not (log / "checkpoints").exists()
+
+
+def test_disk_full_during_a_checkpoint_write_is_one_line_and_keeps_the_last_checkpoint(data_root, tmp_path,
+                                                                                       monkeypatch, capsys):
+    import errno
+
+    import tllib_jtln.engine.checkpoint as checkpoint
+
+    log = tmp_path / "run"
+    train(resolve_config(tiny_flags(data_root, log, epochs=3)), stop_after_epoch=1)
+    before = (log / "checkpoints" / "last.pt").read_bytes()
+
+    def full(state, handle):
+        handle.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(handle.name))
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    code = main(["train", "--resume", "--log", str(log), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "No space left on device" in err[0]
+    assert (log / "checkpoints" / "last.pt").read_bytes() == before

@@ -123,6 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return 2
+    except OSError as exc:  # a full disk, a vanished folder: the atomic writes kept the previous files
+        where = f"{exc.filename}: " if exc.filename else ""
+        sys.stderr.write(f"{PROG}: error: {where}{exc.strerror or exc}; finished checkpoints are kept "
+                         f"(fix the cause, then continue with --resume)\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted; finished checkpoints are kept (resume with --resume)\n")
         return 130
