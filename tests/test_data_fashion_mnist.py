@@ -111,3 +111,18 @@ def test_source_data_none_keeps_only_the_target_classes():
     assert task.source_train is None and task.source_classes is None
     assert task.target_classes == ["Pullover", "Dress", "Shirt", "Sneaker", "Ankle boot"]
     assert len(task.target_train) == 10 and len(task.target_val) == 15
+
+
+def test_data_seed_fixes_the_draws_while_seed_changes():
+    from tllib_jtln.config import Config
+    from tllib_jtln.data import build_task
+
+    def draw(**kw):
+        task = build_task(Config(num_samples_per_class=2, val_per_class=3, transforms="small", workers=0, **kw))
+        return task.target_train.images, task.target_val.images
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a, b))
+
+    assert same(draw(seed=1, data_seed=0), draw(seed=0)) and same(draw(seed=2, data_seed=0), draw(seed=0))
+    assert not same(draw(seed=1), draw(seed=0))

@@ -86,6 +86,8 @@ class Config:
     momentum: float = _opt(0.9, "SGD (Nesterov) momentum")
     wd: float = _opt(5e-4, "weight decay", flags=("--wd", "--weight-decay"))
     seed: int = _opt(0, "random seed")
+    data_seed: Optional[int] = _opt(None, "seed of the data draws (K-shot subset, validation carve, source cap); "
+                                          "none: --seed. Fix it to measure the noise of init and batch order alone")
     amp: bool = _opt(False, "mixed precision on CUDA")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
 
@@ -175,7 +177,7 @@ _RANGES = [
     ("sample_rate", 1, 100), ("image_size", 8, None), ("bottleneck_dim", 1, None), ("print_freq", 1, None),
     ("trade_off", 0.0, None), ("source_fraction", 0.0, 1.0), ("source_head_lr", 0.0, None),
     ("ot_weight", 0.0, None), ("ot_iters", 1, None), ("ot_tol", 0.0, None), ("ot_smooth", 0.0, 0.5),
-    ("cost_k", 1, None), ("cost_refresh", 0, None), ("seed", 0, None),
+    ("cost_k", 1, None), ("cost_refresh", 0, None), ("seed", 0, None), ("data_seed", 0, None),
 ]
 
 _TYPES = {f.name: f.type for f in fields(Config)}

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import UserError
-from .sampling import STREAM_SOURCE, STREAM_TARGET, cap_per_class, split_per_class
+from .sampling import STREAM_SOURCE, STREAM_TARGET, cap_per_class, data_seed, split_per_class
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
            "Ankle boot")
@@ -195,12 +195,12 @@ def build_fashion_mnist_task(cfg, train_transform: Callable, eval_transform: Cal
     target_classes = [CLASSES[i] for i in TARGET_LABELS]
 
     s_images, s_labels = _relabelled(train_images, train_labels, SOURCE_LABELS)
-    keep = cap_per_class(s_labels.numpy(), cfg.source_per_class, cfg.seed, STREAM_SOURCE)
+    keep = cap_per_class(s_labels.numpy(), cfg.source_per_class, data_seed(cfg), STREAM_SOURCE)
     source = TensorImages(s_images, s_labels, source_classes).subset(keep, train_transform)
 
     t_images, t_labels = _relabelled(train_images, train_labels, TARGET_LABELS)
     pool = TensorImages(t_images, t_labels, target_classes)
-    train_idx, val_idx = split_per_class(t_labels.numpy(), k, cfg.val_per_class, cfg.seed, STREAM_TARGET)
+    train_idx, val_idx = split_per_class(t_labels.numpy(), k, cfg.val_per_class, data_seed(cfg), STREAM_TARGET)
     target_train = pool.subset(train_idx, train_transform)
     target_val = pool.subset(val_idx, eval_transform) if len(val_idx) else None
     x_test, y_test = _relabelled(test_images, test_labels, TARGET_LABELS)

@@ -54,3 +54,8 @@ def cap_per_class(targets: Sequence[int], cap: Optional[int], seed: int, stream:
     if cap is None:
         return np.arange(len(targets))
     return split_per_class(targets, cap, 0, seed, stream)[0]
+
+
+def data_seed(cfg) -> int:
+    """The seed of the data draws: ``cfg.data_seed`` when set, else ``cfg.seed``."""
+    return cfg.data_seed if getattr(cfg, "data_seed", None) is not None else cfg.seed

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 from torch.utils.data import Dataset
 
 from ..errors import UserError
-from .sampling import STREAM_SOURCE, STREAM_TARGET, cap_per_class, split_per_class
+from .sampling import STREAM_SOURCE, STREAM_TARGET, cap_per_class, data_seed, split_per_class
 from .transforms import build_transforms, embedded_transforms
 
 
@@ -110,7 +110,7 @@ def build_task(cfg, data_config: Optional[dict] = None) -> TransferTask:
     test = builder(cfg.root, "test", sample_rate=100, transform=eval_tf, **common)
     if cfg.num_samples_per_class is not None and cfg.num_samples_per_class < 1:
         raise UserError(f"--num-samples-per-class must be >= 1, got {cfg.num_samples_per_class}")
-    train_idx, val_idx = split_per_class(pool.targets, cfg.num_samples_per_class, cfg.val_per_class, cfg.seed,
+    train_idx, val_idx = split_per_class(pool.targets, cfg.num_samples_per_class, cfg.val_per_class, data_seed(cfg),
                                          STREAM_TARGET)
     if len(train_idx) == 0:
         raise UserError(f"dataset {name}: no training images left after the validation carve")
@@ -126,7 +126,7 @@ def build_task(cfg, data_config: Optional[dict] = None) -> TransferTask:
         if cfg.source_root is None:
             raise UserError(f"--source-data {source_name} needs --source-root (its dataset folder)")
         full = DATASETS.get(source_name)(cfg.source_root, "train", sample_rate=100, **common)
-        keep = cap_per_class(full.targets, cfg.source_per_class, cfg.seed, STREAM_SOURCE)
+        keep = cap_per_class(full.targets, cfg.source_per_class, data_seed(cfg), STREAM_SOURCE)
         source = full.subset(keep, train_tf)
         source_classes = list(full.classes)
     return TransferTask(name=name, target_train=target_train, target_val=target_val, target_test=test,

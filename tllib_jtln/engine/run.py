@@ -47,7 +47,7 @@ EMBEDDED_RECIPE: dict = {
 
 #: Settings that define what a checkpoint means: ``--resume`` refuses to change them.
 IDENTITY_FIELDS = ("method", "data", "source_data", "arch", "pretrained", "bottleneck_dim", "image_size",
-                   "num_samples_per_class", "val_per_class", "source_per_class", "sample_rate", "seed",
+                   "num_samples_per_class", "val_per_class", "source_per_class", "sample_rate", "seed", "data_seed",
                    "batch_size", "source_batch_size", "iters_per_epoch", "cost")
 
 #: Hidden, for tests: stop cleanly after this many epochs (as if the run had been killed then).
