@@ -85,9 +85,10 @@ def render_pairs(suite: dict, records: list[dict], metric: str = "test_top1") ->
 
 
 def write_report(suite: dict, records: list[dict], out_dir: Path, suite_file: str) -> Path:
-    """Write ``results.json`` and ``results.md`` into ``out_dir``; returns the markdown path."""
+    """Write ``results_<name>.json`` and ``results_<name>.md`` into ``out_dir`` (named after the suite,
+    so suites sharing run folders keep their own tables); returns the markdown path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps({"suite": suite, "runs": records}, indent=1))
+    (out_dir / f"results_{suite['name']}.json").write_text(json.dumps({"suite": suite, "runs": records}, indent=1))
     finished = sum(r["finished"] for r in records)
     parts = [f"### {suite['name']}: target test accuracy (%), mean ± std over seeds {suite['seeds']}",
              f"Command: `tllib-jtln bench --suite {suite_file}`. Machine: {platform.machine()}, "
@@ -98,6 +99,6 @@ def write_report(suite: dict, records: list[dict], out_dir: Path, suite_file: st
     pairs = render_pairs(suite, records)
     if pairs:
         parts += ["\n**paired differences, test top-1 (points, same seeds)**\n", pairs]
-    md_path = out_dir / "results.md"
+    md_path = out_dir / f"results_{suite['name']}.md"
     md_path.write_text("\n".join(parts) + "\n")
     return md_path

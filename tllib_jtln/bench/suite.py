@@ -18,7 +18,7 @@ A suite file (YAML, ``yaml.safe_load``)::
 Run ``r`` = (method row, setting column, seed) writes ``out/<setting>/<row>/seed<seed>/``. A run
 whose ``summary.json`` exists is not redone; one with a checkpoint but no summary is resumed.
 Each run is a separate ``python -m tllib_jtln train`` process, so one failing run is reported and
-the others go on. At the end ``results.json`` (every run's numbers) and ``results.md`` (mean +-
+the others go on. At the end ``results_<name>.json`` (every run's numbers) and ``results_<name>.md`` (mean +-
 std over seeds) are written; see :mod:`tllib_jtln.bench.report`.
 """
 from __future__ import annotations
