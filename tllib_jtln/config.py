@@ -106,7 +106,7 @@ class Config:
     ot_detach: bool = _opt(True, "detach the distribution that is not constrained (q on target samples, "
                                  "p on source samples)")
     ot_weight: float = _opt(1.0, "alpha: weight of the OT term")
-    ot_eps: float = _opt(0.1, "entropic regularisation on the [0, 1] cost")
+    ot_eps: float = _opt(0.3, "entropic regularisation on the [0, 1] cost (0.3: chosen on validation)")
     ot_iters: int = _opt(100, "Sinkhorn iteration budget")
     ot_tol: float = _opt(1e-6, "Sinkhorn stopping tolerance (marginal error)")
     ot_smooth: float = _opt(1e-3, "delta: mix histograms with uniform so no mass is exactly zero")
