@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tllib_jtln.data import JointBatch, JointLoader, eval_loader, split_per_class
-from tllib_jtln.data.fashion_mnist import TensorImages
+from tllib_jtln.data.memory import TensorImages
 from tllib_jtln.data.joint import EndlessShardSampler
 from tllib_jtln.data.transforms import GrayEval, GrayTrain
 
@@ -119,3 +119,16 @@ def test_split_per_class_seeded():
     assert np.bincount(targets[a[0]]).tolist() == [4, 4, 4] and np.bincount(targets[a[1]]).tolist() == [5, 5, 5]
     with pytest.raises(ValueError):
         split_per_class(targets, 0, 5, seed=0)
+
+
+def test_array_images_give_pil_images_and_subsets_keep_their_type():
+    import numpy as np
+    from PIL import Image
+
+    from tllib_jtln.data.memory import ArrayImages
+
+    data = ArrayImages(np.zeros((4, 8, 8, 3), dtype=np.uint8), [0, 1, 0, 1], ["a", "b"])
+    image, label = data[1]
+    assert isinstance(image, Image.Image) and image.size == (8, 8) and label == 1
+    part = data.subset([1, 3])
+    assert isinstance(part, ArrayImages) and part.targets == [1, 1] and part.num_classes == 2

@@ -36,12 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 from torch.utils.data import Dataset
 
 from ..errors import UserError
 from ..registry import Registry
 from . import fashion_mnist as fmnist
+from .memory import ArrayImages
 from .imagelist import ImageList, class_names_from_paths, read_image_list, scan_image_folder
 
 DATASETS: Registry[Callable] = Registry("datasets")
@@ -327,39 +327,6 @@ def fashion_mnist_dataset(root, split: str = "train", *, sample_rate: int = 100,
                           transform: Optional[Callable] = None, skip_bad_images: bool = False):
     """All ten Fashion-MNIST classes (``-d FashionMNIST`` or no ``-d`` builds the embedded task instead)."""
     return fmnist.fashion_mnist(root, split, download=download, transform=transform)
-
-
-class ArrayImages(Dataset):
-    """RGB images held as a uint8 array ``(N, H, W, 3)`` (CIFAR); items ``(transform(PIL image), label)``."""
-
-    def __init__(self, data: np.ndarray, labels, classes, transform: Optional[Callable] = None):
-        self.data = data
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.classes = list(classes)
-        self.transform = transform
-
-    @property
-    def targets(self) -> list[int]:
-        return self.labels.tolist()
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int):
-        from PIL import Image
-
-        image = Image.fromarray(self.data[index])
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(self.labels[index])
-
-    def subset(self, indices, transform: Optional[Callable] = None) -> "ArrayImages":
-        index = np.asarray(indices, dtype=np.int64)
-        return ArrayImages(self.data[index], self.labels[index], self.classes, transform)
 
 
 def cifar(kind: str, root, split: str, download: bool, transform) -> ArrayImages:

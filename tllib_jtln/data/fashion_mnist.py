@@ -27,9 +27,9 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from ..errors import UserError
+from .memory import TensorImages
 from .sampling import STREAM_SOURCE, STREAM_TARGET, cap_per_class, data_seed, split_per_class
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -117,39 +117,6 @@ def load_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
             raise UserError(f"{image_file}: expected {SIZES[split]} images with labels 0..9; {HOW_TO_GET}")
         _CACHE[key] = (torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)))
     return _CACHE[key]
-
-
-class TensorImages(Dataset):
-    """Images held in memory as uint8 ``(N, H, W)``; items ``(transform(image), label)``."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str],
-                 transform: Optional[Callable] = None):
-        if images.shape[0] != labels.shape[0]:
-            raise ValueError(f"images ({images.shape[0]}) and labels ({labels.shape[0]}) differ in length")
-        self.images, self.labels = images, labels.to(torch.int64)
-        self.classes = list(classes)
-        self.transform = transform
-
-    @property
-    def targets(self) -> list[int]:
-        return self.labels.tolist()
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def __getitem__(self, index: int):
-        image = self.images[index]
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(self.labels[index])
-
-    def subset(self, indices, transform: Optional[Callable] = None) -> "TensorImages":
-        index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        return TensorImages(self.images[index], self.labels[index], self.classes, transform)
 
 
 def _relabelled(images: torch.Tensor, labels: torch.Tensor, keep: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -352,10 +352,7 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
             t0 = time.time()
             method.setup(ctx)
             _say(is_main, f"setup of '{cfg.method}' took {time.time() - t0:.1f}s")
-        if info.enabled:
-            shared = D.broadcast_object(method.state_dict() if is_main else None)
-            if not is_main:
-                method.load_state_dict(_to_device(shared, device))
+        _share_method_state(method, info, device)
         if is_main:
             _save_artifacts(method, source_class_names(model, task), task.target_classes, log_dir)
         # the RNG must not depend on what setup consumed on rank 0 only
@@ -379,10 +376,7 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
         t_epoch = time.time()
         state["epoch"] = epoch
         method.on_epoch_start(epoch, ctx)
-        if info.enabled:
-            shared = D.broadcast_object(method.state_dict() if is_main else None)
-            if not is_main:
-                method.load_state_dict(_to_device(shared, device))
+        _share_method_state(method, info, device)
         net.train()
         sums: dict[str, float] = {}
         counted = 0
@@ -463,6 +457,15 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
             return {"stopped_after_epoch": epoch + 1, "best": best}
 
     return _finish(parts, method, best, elapsed + (time.time() - started), skipped)
+
+
+def _share_method_state(method, info: D.DistInfo, device: torch.device) -> None:
+    """Under DDP, every rank takes rank 0's method state (cost matrix, relation): built once, broadcast."""
+    if not info.enabled:
+        return
+    shared = D.broadcast_object(method.state_dict() if info.is_main else None)
+    if not info.is_main:
+        method.load_state_dict(_to_device(shared, device))
 
 
 def _mean_over_ranks(value: float, device: torch.device) -> float:
