@@ -267,7 +267,9 @@ def train(cfg: Config, *, stop_after_epoch: Optional[int] = None) -> dict:
     device = D.resolve_device(cfg.device, info)
     D.init(info, device)
     try:
-        return _train(cfg, info, device, stop_after_epoch)
+        result = _train(cfg, info, device, stop_after_epoch)
+        D.barrier()  # rank 0 may still be writing plots: tear the process group down together
+        return result
     finally:
         D.cleanup()
 
@@ -578,6 +580,7 @@ def evaluate_run(cfg: Config) -> dict:
             parts_text = ", ".join(f"{s} top-1 {100 * r.top1:.2f}% (mean class {100 * r.mean_class_acc:.2f}%)"
                                    for s, r in results.items())
             print(f"{ckpt_path} (epoch {ckpt.get('epoch')}): {parts_text}", flush=True)
+        D.barrier()  # tear the process group down together (see train)
         return out
     finally:
         D.cleanup()
