@@ -60,7 +60,7 @@ def test_bad_yaml_values_are_user_errors(tmp_path, text, needle):
 
 @pytest.mark.parametrize("given, needle", [({"ot_eps": 0.0}, "--ot-eps must be > 0"),
                                            ({"lr": float("nan")}, "--lr must be a finite"),
-                                           ({"source_fraction": 1.5}, "--source-fraction must be in"),
+                                           ({"ot_smooth": 0.9}, "--ot-smooth must be in"),
                                            ({"batch_size": 0}, "--batch-size must be >= 1")])
 def test_out_of_range_values_name_the_flag(given, needle):
     with pytest.raises(UserError, match=needle):

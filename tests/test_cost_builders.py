@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tllib_jtln.config import Config
-from tllib_jtln.cost import COSTS, build_cost, cost_options, seeded_derangement
+from tllib_jtln.cost import COSTS, build_cost, cost_options, normalize_cost, seeded_derangement
 from tllib_jtln.errors import UserError
 
 
@@ -47,9 +47,9 @@ def test_centroid_distance_values():
     sf = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     tf = torch.tensor([[3.0, 0.0], [-1.0, 0.0]])
     labels = torch.tensor([0, 1])
-    raw = build_cost("centroid", sf, labels, tf, labels, normalize=False)
+    raw = build_cost("centroid", sf, labels, tf, labels, normalize="none")
     torch.testing.assert_close(raw, torch.tensor([[0.0, 2.0], [1.0, 1.0]]))  # 1 - cos
-    euclid = build_cost("centroid", sf, labels, tf, labels, metric="euclidean", normalize=False)
+    euclid = build_cost("centroid", sf, labels, tf, labels, metric="euclidean", normalize="none")
     assert euclid[0].tolist() == pytest.approx([2.0, 2.0])
 
 
@@ -69,10 +69,20 @@ def test_counts_from_labels_and_options():
 
 def test_normalize_switch():
     sf, sl, tf, tl, _ = clustered()
-    raw = build_cost("centroid", sf, sl, tf, tl, metric="euclidean", normalize=False)
+    raw = build_cost("centroid", sf, sl, tf, tl, metric="euclidean", normalize="none")
     normed = build_cost("centroid", sf, sl, tf, tl, metric="euclidean")
     assert float(raw.max()) > 2.0
     torch.testing.assert_close(normed, raw / raw.max())
+    column = build_cost("centroid", sf, sl, tf, tl, metric="euclidean", normalize="column")
+    floor, top = raw.min(0).values, raw.max(0).values
+    torch.testing.assert_close(column, (raw - floor) / (top - floor))
+    assert torch.equal(column.min(0).values, torch.zeros(raw.shape[1]))  # no column keeps a floor
+    assert torch.equal(column.max(0).values, torch.ones(raw.shape[1]))
+    # a column without spread is the uniform cost, never 0/0
+    flat = normalize_cost(torch.tensor([[0.5, 0.0], [0.5, 2.0]]), "column")
+    assert torch.equal(flat, torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+    with pytest.raises(ValueError, match="normalize: must be one of global, column, none"):
+        normalize_cost(raw, "max")
 
 
 def test_shuffled_is_a_row_permutation_of_its_base():
@@ -125,8 +135,8 @@ def test_semantic_from_json_and_csv(tmp_path):
 
 def test_cost_options_from_config():
     cfg = Config(cost_k=7, cost_index="ivf", cost_nprobe=4, cost_metric="euclidean", cost_seed=2,
-                 cost_base="centroid", semantic_file="e.json", no_normalize_cost=True)
+                 cost_base="centroid", semantic_file="e.json", cost_normalize="none")
     assert cost_options(cfg) == {"k": 7, "index": "ivf", "nprobe": 4, "metric": "euclidean", "seed": 2,
-                                 "base": "centroid", "semantic_file": "e.json", "normalize": False}
+                                 "base": "centroid", "semantic_file": "e.json", "normalize": "none"}
     sf, sl, tf, tl, _ = clustered()
     build_cost("centroid", sf, sl, tf, tl, **cost_options(Config()))  # every option is accepted

@@ -29,7 +29,7 @@ def test_save_then_file_round_trip(tmp_path):
     doubled = tmp_path / "raw.npy"
     np.save(doubled, 2 * matrix.numpy())
     assert float(build_cost(f"file:{doubled}", num_source_classes=3, num_target_classes=2).max()) == 1.0
-    raw = build_cost(f"file:{doubled}", num_source_classes=3, num_target_classes=2, normalize=False)
+    raw = build_cost(f"file:{doubled}", num_source_classes=3, num_target_classes=2, normalize="none")
     torch.testing.assert_close(raw, 2 * matrix)
 
 

@@ -47,11 +47,14 @@ def test_every_method_writes_the_whole_log_folder(method, data_root, tmp_path, c
     s = _summary(log)
     for key in ("test_top1", "test_mean_class_acc", "val_top1", "val_mean_class_acc"):
         assert _is_fraction(s[key]), (key, s[key])
-    assert s["method"] == method and s["best_epoch"] in (1, 2) and s["test_images"] == 12
+    epochs = 2 * len(s["stages"])  # every stage runs the full schedule
+    assert s["method"] == method and s["best_epoch"] in (epochs - 1, epochs) and s["test_images"] == 12
     records = [json.loads(x) for x in (log / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2]
+    assert [r["epoch"] for r in records] == list(range(1, epochs + 1))
     assert all(np.isfinite(r["train_loss"]) for r in records)
-    assert records[1]["lr"] == pytest.approx(records[0]["lr"] * 0.1)  # MultiStepLR at epoch 1
+    for stage in range(0, epochs, 2):  # each stage has its own MultiStepLR, decaying at its epoch 1
+        assert records[stage + 1]["lr"] == pytest.approx(records[stage]["lr"] * 0.1)
+        assert records[stage]["lr"] == pytest.approx(0.01)
     lines = (log / "transport.txt").read_text().splitlines()
     assert sum(line.startswith("tgt_") for line in lines) == 3
     env = json.loads((log / "env.json").read_text())
@@ -96,9 +99,103 @@ def test_resume_gives_the_same_final_metrics(data_root, tmp_path):
         assert torch.equal(tensor, mb["model"][name]), name
     ra = [json.loads(x) for x in (once / "metrics.jsonl").read_text().splitlines()]
     rb = [json.loads(x) for x in (twice / "metrics.jsonl").read_text().splitlines()]
-    drop = ("epoch_time_s",)
+    drop = ("epoch_time_s", "train_time_s")
     assert [{k: v for k, v in r.items() if k not in drop} for r in ra] == \
            [{k: v for k, v in r.items() if k not in drop} for r in rb]
+
+
+@pytest.mark.parametrize("stop_after", [2, 3])  # at the stage boundary, and inside the second stage
+def test_two_stage_resume_gives_the_same_final_metrics(data_root, tmp_path, stop_after):
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    flags = dict(method="co_tuning", epochs=2, lr_decay_epochs=[1])
+    train(resolve_config(tiny_flags(data_root, once, **flags)))
+    train(resolve_config(tiny_flags(data_root, twice, **flags)), stop_after_epoch=stop_after)
+    assert train_from_flags({"resume": True, "log": str(twice), "progress": False}) == 0
+    a, b = _summary(once), _summary(twice)
+    for key in ("test_top1", "val_top1", "best_epoch", "images_seen"):
+        assert a[key] == b[key], key
+    ma, mb = load_checkpoint(once / "checkpoints" / "last.pt"), load_checkpoint(twice / "checkpoints" / "last.pt")
+    assert all(torch.equal(t, mb["model"][k]) for k, t in ma["model"].items())
+    assert torch.equal(ma["method"]["relation"], mb["method"]["relation"])
+
+
+def test_budgets_are_matched_in_images_seen_per_stream(data_root, tmp_path):
+    """Two-stage baselines: stage 1 sees the source images of ``joint``, stage 2 the target images of ``erm``."""
+    seen = {}
+    for method in ("erm", "joint", "jtln", "consecutive", "co_tuning"):
+        train_from_flags(tiny_flags(data_root, tmp_path / method, method=method))
+        seen[method] = _summary(tmp_path / method)["images_seen"]
+    steps = 2 * 3  # epochs x iterations per stage
+    assert seen["erm"] == {"source": 0, "target": steps * 4}
+    assert seen["joint"] == seen["jtln"] == {"source": steps * 6, "target": steps * 4}
+    assert seen["consecutive"] == seen["co_tuning"] == seen["joint"]
+    records = [json.loads(x) for x in (tmp_path / "consecutive" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in records] == ["source", "source", "target", "target"]
+    assert [("val_top1" in r) for r in records] == [False, False, True, True]  # only the target stage selects
+    assert [r["images_seen"] for r in records][1] == {"source": steps * 6, "target": 0}
+
+
+def test_jtln_summary_records_resolved_switches_and_sinkhorn_health(data_root, tmp_path, capsys):
+    train_from_flags(tiny_flags(data_root, tmp_path / "a", method="jtln", ot_reg="kl", cost_normalize="column"))
+    s = _summary(tmp_path / "a")
+    assert s["switches"]["ot_on"] == "target" and s["switches"]["ot_reg"] == "kl"
+    assert s["switches"]["cost_normalize"] == "column"
+    records = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["ot_converged"] == 1.0 and 1 <= r["ot_iters"] <= 100 for r in records)
+    assert "warning: Sinkhorn" not in capsys.readouterr().err
+    # a budget too small to converge: said once, naming the flags to raise
+    train_from_flags(tiny_flags(data_root, tmp_path / "b", method="jtln", ot_iters=1, ot_tol=0.0, ot_eps=0.01))
+    records = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["ot_converged"] < 0.99 and r["ot_iters"] == 1 for r in records)
+    err = capsys.readouterr().err
+    assert err.count("warning: Sinkhorn converged on") == 1 and "--ot-iters" in err and "--ot-eps" in err
+    # the transport view draws the OT plan that was solved, and the posterior separately, each titled
+    text = (tmp_path / "a" / "transport.txt").read_text()
+    assert "# plan: mean OT plan (validation images)" in text
+    assert "# posterior: mean source-head posterior (test images)" in text
+
+
+def test_features_for_costs_come_from_the_evaluation_view(data_root, tmp_path):
+    """Two builds from the same weights give identical features and an identical cost, through the
+    engine's own feature path; the augmented training view would not."""
+    from tllib_jtln.cost import build_cost
+    from tllib_jtln.engine import distributed as D
+    from tllib_jtln.engine.trainer import Parts, build_task_and_model, make_feature_fn
+
+    cfg = resolve_config(tiny_flags(data_root, tmp_path / "f", method="jtln"))
+    task, model = build_task_and_model(cfg)
+    parts = Parts(cfg=cfg, task=task, model=model, device=torch.device("cpu"), info=D.env_info(), log_dir=tmp_path)
+    builds = []
+    for _ in range(2):
+        features = make_feature_fn(parts, {"epoch": 0})  # a fresh memo each time
+        (sf, sl), (tf, tl) = features("source"), features("target")
+        builds.append((sf, tf, build_cost("knn", sf, sl, tf, tl, k=3)))
+    assert torch.equal(builds[0][0], builds[1][0]) and torch.equal(builds[0][1], builds[1][1])
+    assert torch.equal(builds[0][2], builds[1][2])
+    # the training view is augmented: two passes differ (what the features must not see)
+    x1 = torch.stack([task.target_train[i][0] for i in range(len(task.target_train))])
+    x2 = torch.stack([task.target_train[i][0] for i in range(len(task.target_train))])
+    assert not torch.equal(x1, x2)
+
+
+def test_nonfinite_logits_inside_the_ot_term_meet_the_same_policy(data_root, tmp_path, monkeypatch):
+    """Logits that overflow (e.g. --lr 1e30) must not crash inside Sinkhorn: stop naming the term, or skip."""
+    cls = METHODS.get("jtln")
+    original = cls.losses
+
+    def poisoned(self, model, batch, progress):
+        if 0.3 < progress < 0.5:
+            def inf_model(x):
+                source_logits, target_logits = model(x)
+                return source_logits * float("inf"), target_logits
+            return original(self, inf_model, batch, progress)
+        return original(self, model, batch, progress)
+
+    monkeypatch.setattr(cls, "losses", poisoned)
+    with pytest.raises(UserError, match=r"step 2: loss term '(ce_source|ot)' is not finite.*--skip-nonfinite"):
+        train_from_flags(tiny_flags(data_root, tmp_path / "a", method="jtln"))
+    train_from_flags(tiny_flags(data_root, tmp_path / "b", method="jtln", skip_nonfinite=True))
+    assert _summary(tmp_path / "b")["skipped_steps"] == 1
 
 
 def test_finished_run_is_not_overwritten(data_root, tmp_path, capsys):

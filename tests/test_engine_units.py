@@ -207,18 +207,24 @@ def test_evaluate_top1_mean_class_and_source_mass():
 
 # ----------------------------------------------------------------------------- plots
 def test_transport_view_ranks_sources(tmp_path):
-    mass = torch.tensor([[0.7, 0.1], [0.2, 0.1], [0.1, 0.8]])
+    plan = torch.tensor([[0.7, 0.1], [0.2, 0.1], [0.1, 0.8]])
+    posterior = torch.tensor([[0.2, 0.6], [0.6, 0.2], [0.2, 0.2]])
     cost = torch.tensor([[0.0, 1.0], [0.5, 0.9], [1.0, 0.1]])
-    txt, png = save_transport(tmp_path, ["a", "b", "c"], ["T1", "T2"], mass=mass, cost=cost, top=2)
+    txt, png = save_transport(tmp_path, ["a", "b", "c"], ["T1", "T2"], plan=plan, posterior=posterior, cost=cost,
+                              top=2)
     lines = txt.read_text().splitlines()
+    assert "# plan: mean OT plan (validation images), share of the column, largest first" in lines
+    assert "# posterior: mean source-head posterior (test images), share of the column, largest first" in lines
     t1 = next(line for line in lines if line.startswith("T1"))
     t2 = next(line for line in lines if line.startswith("T2"))
-    assert t1.split("<-")[1].strip().startswith("mass: a 0.700, b 0.200")
-    assert "cost: a 0.000, b 0.500" in t1
-    assert "mass: c 0.800" in t2 and "cost: c 0.100" in t2
+    assert t1.split("<-")[1].strip().startswith("plan: a 0.700, b 0.200")
+    assert "posterior: b 0.600, a 0.200" in t1 and "cost: a 0.000, b 0.500" in t1
+    assert "plan: c 0.800" in t2 and "posterior: a 0.600" in t2 and "cost: c 0.100" in t2
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="shape"):
-        transport_lines(["a"], ["T1", "T2"], mass=mass)
+        transport_lines(["a"], ["T1", "T2"], plan=plan)
+    with pytest.raises(ValueError, match="give plan, posterior or cost"):
+        transport_lines(["a"], ["T1"])
 
 
 def test_curves_png(tmp_path):
@@ -251,8 +257,8 @@ def test_transport_view_with_many_source_classes_keeps_the_top_rows(tmp_path):
     mass = torch.rand(300, 4, generator=gen)
     mass[123, :] = 10.0  # every target class draws most from source class 123
     names = [f"s{i}" for i in range(300)]
-    txt, png = save_transport(tmp_path, names, ["a", "b", "c", "d"], mass=mass, top=2)
-    assert all(" <- mass: s123 " in line for line in txt.read_text().splitlines()[2:])
+    txt, png = save_transport(tmp_path, names, ["a", "b", "c", "d"], posterior=mass, top=2)
+    assert all(" <- posterior: s123 " in line for line in txt.read_text().splitlines()[2:])
     from PIL import Image
     with Image.open(png) as im:
         assert im.size[1] < 2000  # 300 rows were not all drawn

@@ -73,7 +73,10 @@ def test_every_method_trains_both_stages(name):
     run_setup(method, model, ctx)
     assert method.uses_target
     seen = set()
-    for epoch, progress in ((0, 0.1), (1, 0.9)):
+    stages = method.stages()
+    assert stages[-1].selects and stages[-1].uses_target  # the last stage trains and selects the target head
+    for index, (epoch, progress) in enumerate(((0, 0.1), (1, 0.9))):
+        method.on_stage_start(min(index, len(stages) - 1), ctx)
         method.on_epoch_start(epoch, ctx)
         model.zero_grad()
         terms = method.losses(model, make_batch(method.uses_source), progress)
@@ -87,6 +90,7 @@ def test_every_method_trains_both_stages(name):
     state = method.state_dict()
     other = build_method(cfg, task)
     other.load_state_dict(state)
+    other.on_stage_start(len(stages) - 1, ctx)  # as the engine does on resume
     batch = make_batch(method.uses_source)
     torch.manual_seed(3)
     a = {k: v.item() for k, v in method.losses(model.eval(), batch, 0.9).items()}
@@ -101,9 +105,14 @@ def test_erm_and_consecutive_stages():
     method.prepare_model(model)
     assert not model.source_head.weight.requires_grad  # unused head frozen (DDP-safe)
     assert set(method.losses(model, make_batch(False), 0.0)) == {"ce_target"}
-    method = build_method(make_cfg("consecutive", source_fraction=0.25), make_task())
-    assert set(method.losses(model, make_batch(), 0.2)) == {"ce_source"}
-    assert set(method.losses(model, make_batch(), 0.3)) == {"ce_target"}
+    method = build_method(make_cfg("consecutive"), make_task())
+    stages = method.stages()
+    assert [(s.name, s.uses_source, s.uses_target, s.selects) for s in stages] == [
+        ("source", True, False, False), ("target", False, True, True)]
+    method.on_stage_start(0, None)
+    assert set(method.losses(model, make_batch(), 0.9)) == {"ce_source"}  # the stage decides, not progress
+    method.on_stage_start(1, None)
+    assert set(method.losses(model, make_batch(), 0.1)) == {"ce_target"}
     for name in ("consecutive", "joint"):
         with pytest.raises(UserError, match=f"--method {name} needs source data"):
             build_method(make_cfg(name), make_task(source=False))
@@ -158,12 +167,13 @@ def test_jtln_ot_gradient_reaches_source_head_and_trunk_not_target_head():
     assert t2.item() == pytest.approx(2 * t1.item(), rel=1e-4)
 
 
-def test_jtln_ot_on_auto_is_source_with_source_data_and_target_without():
-    assert build_method(make_cfg("jtln"), make_task()).ot_on == "source"
+def test_jtln_default_is_the_papers_constraint_on_the_source_classifier():
+    method = build_method(make_cfg("jtln"), make_task())
+    assert method.ot_on == "target" and method.switches()["ot_on"] == "target"
     assert build_method(make_cfg("jtln", cost="uniform"), make_task(source=False)).ot_on == "target"
-    # the default (auto) with source data: the target head learns from source images, the source head does not
+    # the default with source data: the OT term trains the source head and the trunk, not the target head
     _, source_head, trunk, target_head, _, _ = _ot_grads(make_cfg("jtln"))
-    assert source_head == 0 and trunk > 0 and target_head > 0
+    assert source_head > 0 and trunk > 0 and target_head == 0
 
 
 def test_jtln_source_free():
@@ -215,15 +225,19 @@ def test_co_tuning_relation():
     assert method.relation.shape == (KT, KS) and torch.allclose(method.relation.sum(1), torch.ones(KT))
     terms = method.losses(model, make_batch(False), 0.0)
     assert set(terms) == {"ce_target", "co_tuning"} and terms["co_tuning"] > 0
-    # with source data: source stage first, relation at the switch epoch
-    method = build_method(make_cfg("co_tuning", epochs=4, source_fraction=0.5), make_task())
+    assert [s.name for s in method.stages()] == ["co_tuning"]
+    # with source data: a source stage first, the relation at the start of the co-tuning stage
+    method = build_method(make_cfg("co_tuning", epochs=4), make_task())
+    assert [(s.name, s.uses_source, s.uses_target, s.selects) for s in method.stages()] == [
+        ("source", True, False, False), ("co_tuning", False, True, True)]
     model = make_model()
     ctx = make_ctx(model)
     run_setup(method, model, ctx)
+    method.on_stage_start(0, ctx)
     assert method.relation is None and set(method.losses(model, make_batch(), 0.1)) == {"ce_source"}
-    method.on_epoch_start(1, ctx)
+    method.on_epoch_start(3, ctx)
     assert method.relation is None
-    method.on_epoch_start(2, ctx)
+    method.on_stage_start(1, ctx)
     assert method.relation is not None and set(method.losses(model, make_batch(), 0.6)) == {"ce_target", "co_tuning"}
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tllib_jtln.config import Config
-from tllib_jtln.ot import WassersteinLoss, onehot_transport_cost, sinkhorn, smooth_histogram
+from tllib_jtln.ot import WassersteinLoss, entropy, onehot_transport_cost, sinkhorn, smooth_histogram
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -112,9 +112,9 @@ def test_minimising_the_loss_moves_mass_to_cheap_source_classes():
 
 def test_from_config():
     cfg = Config()
-    cfg.ot_eps, cfg.ot_iters, cfg.ot_tol, cfg.ot_smooth = 0.2, 33, 1e-4, 0.01
+    cfg.ot_eps, cfg.ot_iters, cfg.ot_tol, cfg.ot_smooth, cfg.ot_reg = 0.2, 33, 1e-4, 0.01, "kl"
     loss_fn = WassersteinLoss.from_config(cfg)
-    assert (loss_fn.eps, loss_fn.max_iter, loss_fn.tol, loss_fn.smooth) == (0.2, 33, 1e-4, 0.01)
+    assert (loss_fn.eps, loss_fn.max_iter, loss_fn.tol, loss_fn.smooth, loss_fn.reg) == (0.2, 33, 1e-4, 0.01, "kl")
     assert "eps=0.2" in repr(loss_fn)
 
 
@@ -123,6 +123,7 @@ def test_from_config():
     (dict(smooth=1.0), "smooth"),
     (dict(smooth=-0.1), "smooth"),
     (dict(eps=0.0), "eps"),
+    (dict(reg="l2"), "reg: must be one of entropy, kl"),
 ])
 def test_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -150,3 +151,67 @@ def test_bad_inputs(case, match):
     if case == "labels_range":
         with pytest.raises(ValueError, match="labels: class indices"):
             onehot_transport_cost(torch.softmax(logits, 1), args[1], cost)
+
+
+# ---------------------------------------------------------------------------------------------- --ot-reg kl
+def test_kl_value_is_entropic_value_plus_both_entropies_and_bounded_below_by_the_cheapest_cost():
+    torch.manual_seed(0)
+    logits, q, cost = torch.randn(6, 5, dtype=torch.float64), torch.rand(6, 3, dtype=torch.float64), \
+        torch.rand(5, 3, dtype=torch.float64) + 0.2
+    q = q / q.sum(1, keepdim=True)
+    kl = WassersteinLoss(eps=0.3, smooth=0.0, reg="kl", reduction="none", tol=1e-12, max_iter=2000)
+    ent = WassersteinLoss(eps=0.3, smooth=0.0, reduction="none", tol=1e-12, max_iter=2000)
+    p = logits.softmax(1)
+    torch.testing.assert_close(kl(logits, q, cost), ent(logits, q, cost) + 0.3 * (entropy(p) + entropy(q)))
+    assert bool((kl(logits, q, cost) >= cost.min() - 1e-9).all())  # KL >= 0: never below min M
+    assert bool((ent(logits, q, cost) < cost.min()).any())  # the entropic value can go below it
+    # one-hot labels, closed form: the two entropies cancel, leaving p^T M[:, j]
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    torch.testing.assert_close(kl(logits, labels, cost), onehot_transport_cost(p, labels, cost))
+
+
+def test_kl_constant_cost_is_an_exact_no_op_on_every_parameter_of_a_real_model():
+    from tllib_jtln.models import JointClassifier, create_backbone
+
+    torch.manual_seed(0)
+    backbone = create_backbone("smallcnn", pretrained=False, in_chans=1, image_size=16)
+    model = JointClassifier(backbone, 5, 4).train()
+    x = torch.randn(8, 1, 16, 16)
+    source_logits, target_logits = model(x)
+    cost = torch.full((5, 4), 0.7)
+    for reg, expect_zero in (("kl", True), ("entropy", False)):
+        model.zero_grad()
+        loss = WassersteinLoss(eps=0.3, reg=reg)
+        source_logits, target_logits = model(x)
+        # both sides learn: the constant cost must give neither a gradient under kl
+        loss(source_logits, target_logits.softmax(1), cost).backward()
+        grads = [p.grad.abs().max().item() for p in model.parameters() if p.grad is not None]
+        assert grads, reg
+        if expect_zero:
+            assert max(grads) < 1e-6, (reg, max(grads))
+        else:
+            assert max(grads) > 1e-4, (reg, max(grads))  # the entropic value rewards spreading p
+
+
+def test_kl_keeps_mass_on_related_classes_among_a_thousand():
+    """Ks = 1000 source classes, three related to the target class (cost 0), the rest cost 1, eps 0.3:
+    minimising the entropic value alone spreads the source head from 90% on the related classes to
+    about 8%; the kl value keeps (and raises) it."""
+    ks, related = 1000, [0, 1, 2]
+    cost = torch.ones(ks, 1)
+    cost[related] = 0.0
+    start = torch.full((1, ks), -10.0)
+    start[0, related] = torch.log(torch.tensor(0.9 / 3)) - torch.log(torch.tensor(0.1 / 997)) - 10.0
+    shares = {}
+    for reg in ("entropy", "kl"):
+        logits = start.clone().requires_grad_(True)
+        assert float(logits.detach().softmax(1)[0, related].sum()) == pytest.approx(0.9, abs=1e-3)
+        optimizer = torch.optim.SGD([logits], lr=20.0)
+        loss = WassersteinLoss(eps=0.3, smooth=0.0, reg=reg)
+        for _ in range(300):
+            optimizer.zero_grad()
+            loss(logits, torch.zeros(1, dtype=torch.long), cost).backward()
+            optimizer.step()
+        shares[reg] = float(logits.detach().softmax(1)[0, related].sum())
+    assert shares["entropy"] < 0.2, shares
+    assert shares["kl"] > 0.9, shares

@@ -93,12 +93,12 @@ class Config:
 
     # --- methods
     trade_off: float = _opt(2.3, "co_tuning: weight of the source-head soft-label loss")
-    source_fraction: float = _opt(0.5, "consecutive/co_tuning: share of the iterations spent on source data first")
     source_head_lr: float = _opt(0.0, "source-free jtln: source-head learning rate multiplier (0: frozen)")
 
     # --- JTLN (see the spec: docs/method.md)
-    ot_on: str = _opt("auto", "which samples feed the OT term; auto: source with source data (chosen on "
-                              "validation), target without", choices=("auto", "target", "source", "both"))
+    ot_on: str = _opt("target", "which samples feed the OT term; target (the paper's): the source head's "
+                                "prediction p learns on target images; source (beyond the paper): the target "
+                                "head learns on source images; both", choices=("target", "source", "both"))
     ot_target: str = _opt("prediction", "on target samples, q is the target-head prediction or the smoothed label",
                           choices=("prediction", "label"))
     ot_source: str = _opt("label", "on source samples (--ot-on source|both), p is the smoothed source label or the "
@@ -106,7 +106,9 @@ class Config:
     ot_detach: bool = _opt(True, "detach the distribution that is not constrained (q on target samples, "
                                  "p on source samples)")
     ot_weight: float = _opt(1.0, "alpha: weight of the OT term")
-    ot_eps: float = _opt(0.3, "entropic regularisation on the [0, 1] cost (0.3: chosen on validation)")
+    ot_eps: float = _opt(0.3, "entropic regularisation on the [0, 1] cost")
+    ot_reg: str = _opt("entropy", "entropy: -eps H(P) (Cuturi); kl: eps KL(P || p q^T), which cannot reward "
+                                  "spreading p and makes a constant cost a no-op", choices=("entropy", "kl"))
     ot_iters: int = _opt(100, "Sinkhorn iteration budget")
     ot_tol: float = _opt(1e-6, "Sinkhorn stopping tolerance (marginal error)")
     ot_smooth: float = _opt(1e-3, "delta: mix histograms with uniform so no mass is exactly zero")
@@ -119,7 +121,9 @@ class Config:
     cost_refresh: int = _opt(0, "rebuild the cost from current features every N epochs (0: never)")
     cost_seed: int = _opt(0, "shuffled: permutation seed")
     semantic_file: Optional[str] = _opt(None, "semantic: class-name embeddings (.json or .csv)")
-    no_normalize_cost: bool = _opt(False, "keep the cost's scale instead of max(M) = 1")
+    cost_normalize: str = _opt("global", "global: max(M) = 1; column: every target column onto [0, 1] "
+                                         "(no per-class floor); none: the builder's scale",
+                               choices=("global", "column", "none"))
 
     # --- run management
     log: str = _opt("logs/run", "log folder of the run")
@@ -175,7 +179,7 @@ _RANGES = [
     ("lr", 0.0, None), ("lr_gamma", 0.0, None), ("momentum", 0.0, 1.0), ("wd", 0.0, None), ("workers", 0, None),
     ("num_samples_per_class", 1, None), ("val_per_class", 0, None), ("source_per_class", 1, None),
     ("sample_rate", 1, 100), ("image_size", 8, None), ("bottleneck_dim", 1, None), ("print_freq", 1, None),
-    ("trade_off", 0.0, None), ("source_fraction", 0.0, 1.0), ("source_head_lr", 0.0, None),
+    ("trade_off", 0.0, None), ("source_head_lr", 0.0, None),
     ("ot_weight", 0.0, None), ("ot_iters", 1, None), ("ot_tol", 0.0, None), ("ot_smooth", 0.0, 0.5),
     ("cost_k", 1, None), ("cost_refresh", 0, None), ("seed", 0, None), ("data_seed", 0, None),
 ]

@@ -27,7 +27,7 @@ def collect_results(suite: dict, runs: list, out_dir: Path) -> list[dict]:
             summary = json.loads(summary_path.read_text())
             record.update({k: summary.get(k) for k in
                            ("test_top1", "test_mean_class_acc", "val_top1", "val_mean_class_acc",
-                            "best_epoch", "wall_seconds")})
+                            "best_epoch", "wall_time_s", "images_seen", "switches")})
         records.append(record)
     return records
 
@@ -60,6 +60,24 @@ def render_table(suite: dict, records: list[dict], metric: str) -> str:
         cells = [_cell(list(_values(records, row, s, metric).values()), expected) for s in settings]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def render_budgets(suite: dict, records: list[dict]) -> str:
+    """Images seen per stream by each row (summed over its stages), per setting: the matched budgets."""
+    settings = list(suite["settings"])
+    lines = ["| method | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    for row in suite["methods"]:
+        cells = []
+        for s in settings:
+            seen = {json.dumps(r.get("images_seen"), sort_keys=True) for r in records
+                    if r["row"] == row and r["setting"] == s and r["finished"] and r.get("images_seen")}
+            cells.append(" / ".join(_budget(json.loads(x)) for x in sorted(seen)) or "-")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _budget(seen: dict) -> str:
+    return f"{seen.get('source', 0):,} src + {seen.get('target', 0):,} tgt"
 
 
 def render_pairs(suite: dict, records: list[dict], metric: str = "test_top1") -> str:
@@ -96,6 +114,7 @@ def write_report(suite: dict, records: list[dict], out_dir: Path, suite_file: st
              f"Runs finished: {finished}/{len(records)}. Epoch chosen on the target validation split."]
     for metric, title in METRICS:
         parts += [f"\n**{title}**\n", render_table(suite, records, metric)]
+    parts += ["\n**images seen per stream (source + target) by each run**\n", render_budgets(suite, records)]
     pairs = render_pairs(suite, records)
     if pairs:
         parts += ["\n**paired differences, test top-1 (points, same seeds)**\n", pairs]

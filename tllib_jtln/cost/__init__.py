@@ -1,7 +1,7 @@
 """Cost matrices between source and target classes (``--cost``), and the features they are built from.
 
 ``M`` has shape ``(Ks, Kt)`` (rows source classes, columns target classes), ``M >= 0`` and
-``max(M) = 1`` unless ``normalize=False``. Build one with::
+normalised by ``normalize`` (``global``: ``max(M) = 1``, the default; ``column``; ``none``). Build one with::
 
     from tllib_jtln.cost import build_cost, save_cost
     M = build_cost("knn", source_feats, source_labels, target_feats, target_labels, k=10)
@@ -12,14 +12,14 @@ Registered names (``COSTS.names()``): ``knn``, ``centroid``, ``source-head``, ``
 entry exists so that ``tllib-jtln list costs`` shows it).
 """
 from . import builders as _builders  # noqa: F401  (registers the builders)
-from .build import COSTS, FILE_PREFIX, CostInputs, build_cost, cost_options
+from .build import COSTS, FILE_PREFIX, NORMALIZATIONS, CostInputs, build_cost, cost_options, normalize_cost
 from .builders import class_means, pairwise_distance, seeded_derangement
 from .features import collect_features, weights_fingerprint
 from .io import describe_cost, load_cost_file, load_embeddings, nearest_sources, plot_cost, save_cost
 from .knn import knn_affinity, knn_search, knn_search_torch, l2_normalize
 
 __all__ = [
-    "COSTS", "FILE_PREFIX", "CostInputs", "build_cost", "cost_options",
+    "COSTS", "FILE_PREFIX", "NORMALIZATIONS", "CostInputs", "build_cost", "cost_options", "normalize_cost",
     "collect_features", "weights_fingerprint",
     "save_cost", "load_cost_file", "load_embeddings", "plot_cost", "describe_cost", "nearest_sources",
     "knn_search", "knn_search_torch", "knn_affinity", "l2_normalize",

@@ -2,7 +2,8 @@
 ``cost_options``.
 
 A cost matrix ``M`` has shape ``(Ks, Kt)``: rows are source classes, columns target classes,
-``M >= 0`` and, unless ``normalize=False``, ``max(M) = 1``. Small cost means "related".
+``M >= 0``, normalised by ``normalize`` (``global``: ``max(M) = 1``; ``column``: each target
+column mapped onto ``[0, 1]``; ``none``: the builder's scale). Small cost means "related".
 
 A builder is a function ``builder(inputs: CostInputs) -> Tensor (Ks, Kt)`` registered with
 ``@COSTS.register(name)``; it returns a non-negative float matrix and :func:`build_cost` does the
@@ -55,7 +56,7 @@ class CostInputs:
     source_classes: Optional[Sequence[str]] = None
     target_classes: Optional[Sequence[str]] = None
     semantic_file: Optional[str] = None
-    normalize: bool = True
+    normalize: str = "global"
     # the cost being built, for messages (set by build_cost)
     name: str = field(default="", repr=False)
 
@@ -115,7 +116,7 @@ def cost_options(cfg: Any) -> dict:
         "seed": cfg.cost_seed,
         "base": cfg.cost_base,
         "semantic_file": cfg.semantic_file,
-        "normalize": not cfg.no_normalize_cost,
+        "normalize": cfg.cost_normalize,
     }
 
 
@@ -137,11 +138,10 @@ def build_cost(name: str, source_features: Optional[Tensor] = None, source_label
             ``sqrt(nlist)``), ``metric`` (``cosine`` or ``euclidean``), ``seed`` (0), ``base``
             (``knn``, for ``shuffled``), ``source_probs`` ((N_t, Ks) source-head softmax on the
             target images, for ``source-head``), ``source_classes`` / ``target_classes`` (names),
-            ``semantic_file``, ``normalize`` (True: divide by the maximum).
+            ``semantic_file``, ``normalize`` (:data:`NORMALIZATIONS`, see :func:`normalize_cost`).
 
     Returns:
-        ``(Ks, Kt)`` float32 CPU tensor, ``>= 0``, ``max = 1`` unless ``normalize=False`` (a
-        matrix that is constant zero becomes the constant one: the uniform cost).
+        ``(Ks, Kt)`` float32 CPU tensor, ``>= 0``, normalised as ``normalize`` says.
 
     Raises:
         UserError: an unknown name, a missing input the builder needs, inconsistent shapes or
@@ -188,15 +188,40 @@ def _finish(matrix: Tensor, name: str, inputs: CostInputs) -> Tensor:
         raise AssertionError(f"cost '{name}' built a {tuple(matrix.shape)} matrix, expected {expected}")
     if not torch.isfinite(matrix).all():
         raise UserError(f"cost '{name}': the matrix has NaN or inf entries (check the features for NaN)")
-    matrix = matrix.clamp_min(0.0)
-    if inputs.normalize:
-        top = matrix.max() if matrix.numel() else torch.tensor(0.0)
+    return normalize_cost(matrix.clamp_min(0.0), inputs.normalize, name).contiguous()
+
+
+#: ``--cost-normalize`` values.
+NORMALIZATIONS = ("global", "column", "none")
+
+
+def normalize_cost(matrix: Tensor, mode: str = "global", name: str = "cost") -> Tensor:
+    r"""Normalise a non-negative ``(Ks, Kt)`` cost.
+
+    - ``global``: :math:`M / \max M`, so ``max = 1``; the columns keep their floors
+      :math:`c_j = \min_i M_{ij}`.
+    - ``column``: :math:`(M_{:,j} - c_j) / (\max_i M_{ij} - c_j)`, every target column onto
+      ``[0, 1]`` with minimum 0. Since :math:`W(p, q; M + \mathbf 1 c^\top) = W(p, q; M) +
+      \langle c, q\rangle`, a column floor acts as a prior against predicting class ``j``
+      whenever ``q`` learns; this removes it.
+    - ``none``: unchanged.
+
+    A matrix (or, under ``column``, a column) with no spread becomes all ones: the uniform cost.
+    """
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"normalize: must be one of {', '.join(NORMALIZATIONS)}, got {mode!r}")
+    if mode == "none" or matrix.numel() == 0:
+        return matrix
+    if mode == "global":
+        top = matrix.max()
         if top > 0:
-            matrix = matrix / top
-        else:
-            warnings.warn(f"cost '{name}' is zero everywhere; using the uniform cost (all ones)", stacklevel=3)
-            matrix = torch.ones_like(matrix)
-    return matrix.contiguous()
+            return matrix / top
+        warnings.warn(f"cost '{name}' is zero everywhere; using the uniform cost (all ones)", stacklevel=4)
+        return torch.ones_like(matrix)
+    floor = matrix.min(0, keepdim=True).values
+    spread = matrix.max(0, keepdim=True).values - floor
+    flat = spread <= 0
+    return torch.where(flat, torch.ones_like(matrix), (matrix - floor) / spread.masked_fill(flat, 1.0))
 
 
 # ---------------------------------------------------------------------------- input checks

@@ -34,6 +34,7 @@ class EvalResult:
     per_class: list = field(default_factory=list)  # accuracy per target class (NaN: no images)
     count: int = 0
     source_mass: Optional[torch.Tensor] = None  # (Ks, Kt)
+    outputs: Optional[tuple] = None  # keep_outputs: (source_logits (N, Ks), target_logits (N, Kt), labels (N,)), CPU
 
     def as_dict(self, prefix: str, class_names: list[str] | None = None) -> dict:
         out = {f"{prefix}_top1": self.top1, f"{prefix}_mean_class_acc": self.mean_class_acc}
@@ -55,8 +56,12 @@ def _split_batch(batch):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, num_classes: int, *,
-             source_mass: int = 0, amp: bool = False) -> EvalResult:
-    """Evaluate the target head of ``model`` on ``loader`` (see the module docstring for the math)."""
+             source_mass: int = 0, amp: bool = False, keep_outputs: bool = False) -> EvalResult:
+    """Evaluate the target head of ``model`` on ``loader`` (see the module docstring for the math).
+
+    ``keep_outputs``: also return this process's logits and labels (``EvalResult.outputs``), so
+    that other views of the same images need no second forward pass.
+    """
     net = _unwrap(model)
     was_training = net.training
     net.eval()
@@ -64,6 +69,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, num_classes: int, *
     count = torch.zeros(num_classes, dtype=torch.float64, device=device)
     mass = (torch.zeros(source_mass, num_classes, dtype=torch.float64, device=device)
             if source_mass else None)
+    kept: list[tuple] = []
     try:
         for batch in loader:
             images, labels = _split_batch(batch)
@@ -75,6 +81,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, num_classes: int, *
             count += torch.bincount(labels, minlength=num_classes).to(count.dtype)[:num_classes]
             hit = labels[pred == labels]
             correct += torch.bincount(hit, minlength=num_classes).to(correct.dtype)[:num_classes]
+            if keep_outputs:
+                kept.append((source_logits.float().cpu(), target_logits.float().cpu(), labels.cpu()))
             if mass is not None:
                 probs = source_logits.float().softmax(dim=1).double()  # (B, Ks)
                 onehot = torch.nn.functional.one_hot(labels, num_classes).double()  # (B, Kt)
@@ -92,5 +100,6 @@ def evaluate(model: nn.Module, loader, device: torch.device, num_classes: int, *
     mean_class = float(per_class[seen].mean()) if bool(seen.any()) else float("nan")
     if mass is not None:
         mass = (mass / count.clamp_min(1)).float().cpu()
+    outputs = tuple(torch.cat(part) for part in zip(*kept)) if kept else None
     return EvalResult(top1=top1, mean_class_acc=mean_class, per_class=per_class.cpu().tolist(),
-                      count=int(total), source_mass=mass)
+                      count=int(total), source_mass=mass, outputs=outputs)

@@ -4,15 +4,17 @@ All figures are drawn with matplotlib's object API on an Agg canvas (no display,
 backend switch), so they work on a headless machine and inside DDP rank 0.
 
 Transport view. For each target class ``j`` it lists the source classes ``i`` that ``j`` draws
-the most transport mass from:
+the most mass from, in up to three (Ks, Kt) views, each titled for what it is:
 
-- ``mass`` (Ks, Kt), when given: a mean transport plan, column ``j`` being the mass that target
-  class ``j`` receives from each source class. The engine passes the mean source-head posterior
-  over the images of class ``j``, which is exactly the mean OT plan column under one-hot target
-  labels (the only plan with marginals ``(p, e_j)`` is ``P[:, j] = p``). A method may pass its
-  own mean plan through ``artifacts()["plan"]``. Columns are normalised to sum to 1.
-- ``cost`` (Ks, Kt), when given: the cost matrix ``M``; its view ranks the source classes of
-  column ``j`` by increasing cost (the cheapest source classes to draw mass from).
+- ``plan``: the mean OT plan that the loss solves (``JTLN.transport_plan``: the mode in use,
+  over the validation images), column ``j`` being the mass target class ``j`` receives from each
+  source class;
+- ``posterior``: the mean source-head posterior over the test images of each target class ``j``
+  (what the source head predicts on them; no OT involved);
+- ``cost``: the cost matrix ``M``; its view ranks the source classes of column ``j`` by
+  increasing cost (the cheapest source classes to draw mass from).
+
+``plan`` and ``posterior`` columns are normalised to sum to 1.
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ def plot_curves(records: Sequence[dict], path: str | Path) -> Path:
     fig = _figure(10, 4)
     ax_loss, ax_acc = fig.subplots(1, 2)
     epochs = [r.get("epoch") for r in records]
-    loss_keys = sorted({k for r in records for k in r if k.startswith("train_") and k != "train_steps"})
+    loss_keys = sorted({k for r in records for k in r if k.startswith("train_") and k not in ("train_steps", "train_time_s")})
     for key in loss_keys:
         xs = [e for e, r in zip(epochs, records) if isinstance(r.get(key), (int, float))]
         ys = [r[key] for r in records if isinstance(r.get(key), (int, float))]
@@ -92,58 +94,65 @@ def top_sources(column: np.ndarray, source_classes: Sequence[str], top: int, asc
     return [(source_classes[i], float(column[i])) for i in order[:top]]
 
 
-def transport_lines(source_classes: Sequence[str], target_classes: Sequence[str], *, mass=None,
+#: the views of the transport picture: (keyword, title, lower is better)
+TRANSPORT_VIEWS = (("plan", "mean OT plan (validation images)", False),
+                   ("posterior", "mean source-head posterior (test images)", False),
+                   ("cost", "cost M (lower = cheaper)", True))
+
+
+def _transport_views(source_classes: Sequence[str], target_classes: Sequence[str],
+                     given: dict) -> list[tuple[str, str, np.ndarray, bool]]:
+    """``[(keyword, title, matrix, ascending)]`` of the given views, mass views column-normalised."""
+    ks, kt = len(source_classes), len(target_classes)
+    views = []
+    for key, title, ascending in TRANSPORT_VIEWS:
+        m = _as_numpy(given.get(key))
+        if m is None:
+            continue
+        if m.shape != (ks, kt):
+            raise ValueError(f"transport view: {key} has shape {m.shape}, expected ({ks}, {kt}) "
+                             f"(source classes x target classes)")
+        if not ascending:
+            m = m / np.clip(m.sum(axis=0, keepdims=True), 1e-12, None)
+        views.append((key, title, m, ascending))
+    if not views:
+        raise ValueError("transport view: give plan, posterior or cost")
+    return views
+
+
+def transport_lines(source_classes: Sequence[str], target_classes: Sequence[str], *, plan=None, posterior=None,
                     cost=None, top: int = 3) -> list[str]:
     """The lines of ``transport.txt`` (see the module docstring)."""
-    mass_np, cost_np = _as_numpy(mass), _as_numpy(cost)
-    if mass_np is None and cost_np is None:
-        raise ValueError("transport view: give mass or cost (or both)")
-    ks, kt = len(source_classes), len(target_classes)
-    for name, m in (("mass", mass_np), ("cost", cost_np)):
-        if m is not None and m.shape != (ks, kt):
-            raise ValueError(f"transport view: {name} has shape {m.shape}, expected ({ks}, {kt}) "
-                             f"(source classes x target classes)")
-    top = max(1, min(top, ks))
+    views = _transport_views(source_classes, target_classes, {"plan": plan, "posterior": posterior, "cost": cost})
+    return _lines(views, source_classes, target_classes, top)
+
+
+def _lines(views: list, source_classes: Sequence[str], target_classes: Sequence[str], top: int) -> list[str]:
+    top = max(1, min(top, len(source_classes)))
     lines = ["# transport view: for each target class, the source classes it draws the most mass from"]
-    if mass_np is not None:
-        mass_np = mass_np / np.clip(mass_np.sum(axis=0, keepdims=True), 1e-12, None)
-        lines.append("# mass: share of the target class's transport mass from each source class "
-                     "(mean OT plan column, normalised)")
-    if cost_np is not None:
-        lines.append("# cost: the cost matrix entries M[source, target] (lower = cheaper), cheapest first")
+    lines += [f"# {key}: {title}" + (", cheapest first" if ascending else ", share of the column, largest first")
+              for key, title, _, ascending in views]
     width = max(len(str(t)) for t in target_classes)
     for j, target in enumerate(target_classes):
-        parts = []
-        if mass_np is not None:
-            ranked = top_sources(mass_np[:, j], source_classes, top, ascending=False)
-            parts.append("mass: " + ", ".join(f"{s} {v:.3f}" for s, v in ranked))
-        if cost_np is not None:
-            ranked = top_sources(cost_np[:, j], source_classes, top, ascending=True)
-            parts.append("cost: " + ", ".join(f"{s} {v:.3f}" for s, v in ranked))
+        parts = [f"{key}: " + ", ".join(f"{s} {v:.3f}" for s, v in top_sources(m[:, j], source_classes, top, ascending))
+                 for key, _, m, ascending in views]
         lines.append(f"{str(target):<{width}} <- " + "  |  ".join(parts))
     return lines
 
 
 def save_transport(folder: str | Path, source_classes: Sequence[str], target_classes: Sequence[str], *,
-                   mass=None, cost=None, top: int = 3, max_rows: int = 40) -> tuple[Path, Path]:
+                   plan=None, posterior=None, cost=None, top: int = 3, max_rows: int = 40) -> tuple[Path, Path]:
     """Write ``transport.txt`` and ``transport.png`` into ``folder``; returns both paths.
 
-    The PNG shows the column-normalised ``mass`` and the cost ``M`` (whichever are given) as
-    source x target heatmaps, with each target column's first choice outlined. With more
-    than ``max_rows`` source classes only the rows in some column's top ``top`` are drawn.
+    The PNG shows each given view as a source x target heatmap titled for what it is, with each
+    target column's first choice outlined. With more than ``max_rows`` source classes only the
+    rows in some column's top ``top`` are drawn.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    lines = transport_lines(source_classes, target_classes, mass=mass, cost=cost, top=top)
-    txt = write_text("\n".join(lines) + "\n", folder / "transport.txt")
-
-    mass_np, cost_np = _as_numpy(mass), _as_numpy(cost)
-    panels = []
-    if mass_np is not None:
-        shares = mass_np / np.clip(mass_np.sum(axis=0, keepdims=True), 1e-12, None)
-        panels.append(("share of each target class's mass", shares, "viridis", False))
-    if cost_np is not None:
-        panels.append(("cost M (lower = cheaper)", cost_np, "magma", True))
+    views = _transport_views(source_classes, target_classes, {"plan": plan, "posterior": posterior, "cost": cost})
+    txt = write_text("\n".join(_lines(views, source_classes, target_classes, top)) + "\n", folder / "transport.txt")
+    panels = [(title, m, "magma" if ascending else "viridis", ascending) for _, title, m, ascending in views]
     ks_all, kt = len(source_classes), len(target_classes)
     k = max(1, min(top, ks_all))
     rows = np.arange(ks_all)

@@ -1,21 +1,26 @@
 """The training loop: SGD (Nesterov) + MultiStepLR as TLlib, per-epoch validation, checkpoints.
 
-One epoch is ``cfg.iters_per_epoch`` steps. At step ``t`` (of ``T = epochs * iters_per_epoch``)
-the method returns named, already weighted loss terms ``{name: scalar}`` for the batch, the
-engine minimises their sum ``L = sum_name term``:
+A method trains in one or more stages (``method.stages()``: ``consecutive`` and ``co_tuning``
+with source data have two). Every stage runs the full schedule, ``cfg.epochs`` epochs of
+``cfg.iters_per_epoch`` steps, with its own optimizer, momentum buffers and schedule, on the
+streams it uses. At step ``t`` (of ``T``, all stages together) the method returns named,
+already weighted loss terms ``{name: scalar}`` for the batch, the engine minimises their sum
+``L = sum_name term``:
 
     terms = method.losses(model, batch, progress=t / T);  L.backward();  optimizer.step()
 
 The learning rate follows ``MultiStepLR(lr_decay_epochs, gamma=lr_gamma)``, stepped once per
 epoch; parameter groups come from ``JointClassifier.get_parameters(lr)`` (backbone at 0.1x
-under ``--finetune``). After each epoch the target head is evaluated on the target validation
-split (top-1 and mean per-class accuracy); the epoch with the best validation top-1 (ties: the
-better mean per-class accuracy, then the earlier epoch) is kept in ``checkpoints/best.pt`` and
-evaluated on the target test split at the end. The test split never selects anything.
+under ``--finetune``). After each epoch of a stage that trains the target head the target head
+is evaluated on the target validation split (top-1 and mean per-class accuracy); the epoch
+with the best validation top-1 (ties: the better mean per-class accuracy, then the earlier
+epoch) is kept in ``checkpoints/best.pt`` and evaluated on the target test split at the end.
+The test split never selects anything. ``images_seen`` counts the images forwarded per stream.
 
-Resume. ``checkpoints/last.pt`` holds the model, optimiser, scheduler, AMP scaler, the joint
-loader's position, the method's tensors, the Python/NumPy/torch RNG states, the completed
-epochs, the best epoch and the elapsed wall time, captured after the epoch's validation. A
+Resume. ``checkpoints/last.pt`` holds the model, the current stage's optimiser, scheduler, AMP
+scaler and loader position, the method's tensors, the Python/NumPy/torch RNG states, the
+completed epochs, the best epoch and the elapsed wall time, captured after the epoch's
+validation (a checkpoint at a stage's end starts the next stage afresh). A
 run resumed from it replays exactly what an uninterrupted run does next (with ``--workers 0``
 or loaders that re-seed their workers per pass).
 """
@@ -40,6 +45,7 @@ from .checkpoint import (FORMAT, load_checkpoint, rng_state, save_checkpoint, se
 from .evaluate import EvalResult, evaluate
 from .logdir import (MetricsLog, best_checkpoint, check_free_space, clear_run, last_checkpoint, prepare_log_dir,
                      write_config, write_env, write_summary)
+from .plots import plot_curves, save_transport
 
 
 def _say(is_main: bool, message: str) -> None:
@@ -115,7 +121,9 @@ def make_feature_fn(parts: Parts, state: dict):
     """``features(split) -> (features (N, D), labels (N,))`` for the method's :class:`SetupContext`.
 
     ``split`` is ``"source"`` (the source training set) or ``"target"`` (the labelled target
-    training set). Features are the pooled pre-logits ``model.forward_features(x)`` of the current
+    training set), seen through the evaluation transform (``TransferTask.eval_view``: never an
+    augmented view, so two passes over the same weights give the same features). Features are
+    the pooled pre-logits ``model.forward_features(x)`` of the current
     model in eval mode over the whole split (every rank computes the same), memoised per epoch
     and, with ``--feature-cache DIR``, cached on disk by :func:`tllib_jtln.cost.collect_features`
     under a key naming the data settings and a hash of the weights (so runs that start from the
@@ -129,15 +137,15 @@ def make_feature_fn(parts: Parts, state: dict):
     def features(split: str):
         if split not in ("source", "target"):
             raise ValueError(f"features(split): split must be 'source' or 'target', got {split!r}")
-        dataset = parts.task.source_train if split == "source" else parts.task.target_train
-        if dataset is None:
+        if (parts.task.source_train if split == "source" else parts.task.target_train) is None:
             raise UserError(f"method '{cfg.method}' asked for {split} features, but the task has no "
                             f"{split} training set; give --source-data/--source-root")
+        dataset = parts.task.eval_view(split)
         epoch = int(state.get("epoch", 0))
         key = (split, epoch)
         if key not in memo:
             cache_dir = Path(cfg.feature_cache).expanduser() if cfg.feature_cache else None
-            cache_key = {"split": split, "task": parts.task.name, "size": len(dataset), "arch": cfg.arch,
+            cache_key = {"split": split, "view": "eval", "task": parts.task.name, "size": len(dataset), "arch": cfg.arch,
                          **{k: getattr(cfg, k) for k in _DATA_KEYS}}
             loader = _eval_loader(dataset, parts, shard=False)
             feats, labels = collect_features(parts.model.forward_features, loader,
@@ -275,7 +283,6 @@ def train(cfg: Config, *, stop_after_epoch: Optional[int] = None) -> dict:
 
 
 def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch: Optional[int]) -> dict:
-    from ..data import JointLoader
     from ..methods import METHODS, build_method
     from ..models import build_model
 
@@ -309,46 +316,23 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
     if task.target_val is None or len(task.target_val) == 0:
         raise UserError("the target validation split is empty; raise --val-per-class (model selection "
                         "never uses the test set)")
-    if method.uses_source and task.source_train is None:
+    stages = method.stages()
+    if any(stage.uses_source for stage in stages) and task.source_train is None:
         raise UserError(f"method '{cfg.method}' trains on source data but the task has none; "
                         f"give --source-data and --source-root, or use --method erm")
 
-    optimizer, scheduler = build_optimizer(cfg, model)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    loader = JointLoader(task.source_train if method.uses_source else None,
-                         task.target_train if method.uses_target else None,
-                         source_batch_size=cfg.source_batch_size or cfg.batch_size,
-                         target_batch_size=cfg.batch_size, seed=cfg.seed, rank=info.rank,
-                         world_size=info.world_size, workers=cfg.workers,
-                         use_source=method.uses_source, use_target=method.uses_target)
-    val_loader = _eval_loader(task.target_val, parts)
-    state: dict[str, Any] = {"epoch": 0}
-    ctx = make_context(parts, state)
+    state = TrainState()
+    ctx = make_context(parts, state.progress)
     metrics = MetricsLog(log_dir)
-
-    start_epoch, step, best, elapsed, skipped = 0, 0, None, 0.0, 0
+    ckpt = None
     if cfg.resume:
-        ckpt = load_checkpoint(last_checkpoint(log_dir), map_location="cpu")
-        if ckpt.get("format") != FORMAT:
-            raise UserError(f"{last_checkpoint(log_dir)}: checkpoint format {ckpt.get('format')} is not "
-                            f"{FORMAT}; start over with --overwrite")
+        ckpt = _load_resume_checkpoint(log_dir, cfg, len(stages))
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        loader.load_state_dict(ckpt["loader"])
         method.load_state_dict(_to_device(ckpt["method"], device))
-        start_epoch, step, best = int(ckpt["epoch"]), int(ckpt["step"]), ckpt.get("best")
-        elapsed, skipped = float(ckpt.get("elapsed", 0.0)), int(ckpt.get("skipped_steps", 0))
-        if start_epoch >= cfg.epochs:
-            raise UserError(f"--resume: the checkpoint has {start_epoch} epochs done and --epochs is "
-                            f"{cfg.epochs}; raise --epochs to train further")
+        state.load_state_dict(ckpt)
         if is_main:
-            metrics.truncate_after(start_epoch)
-        set_rng_state(ckpt["rng"])
-        _say(is_main, f"resumed {log_dir} after epoch {start_epoch}")
-        del ckpt
+            metrics.truncate_after(state.epoch)
+        _say(is_main, f"resumed {log_dir} after epoch {state.epoch}")
     else:
         if is_main:
             t0 = time.time()
@@ -367,98 +351,238 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
                   find_unused_parameters=True)
 
-    total_steps = cfg.epochs * cfg.iters_per_epoch
-    batches = iter(loader)
-    num_classes = len(task.target_classes)
+    total_epochs = len(stages) * cfg.epochs
     _say(is_main, f"training '{cfg.method}' on {task.name}: {len(task.target_classes)} target classes, "
-                  f"{cfg.epochs} epochs x {cfg.iters_per_epoch} iterations, device {device}"
+                  + (f"stages {' -> '.join(s.name for s in stages)}, each " if len(stages) > 1 else "")
+                  + f"{cfg.epochs} epochs x {cfg.iters_per_epoch} iterations, device {device}"
                   + (f", {info.world_size} processes" if info.enabled else ""))
-    record: dict = {}
-    for epoch in range(start_epoch, cfg.epochs):
-        t_epoch = time.time()
-        state["epoch"] = epoch
+    val_loader = _eval_loader(task.target_val, parts)
+    run: Optional[StageRun] = None
+    warned = False
+    for epoch in range(state.epoch, total_epochs):
+        index = epoch // cfg.epochs
+        if run is None or run.index != index:
+            run = StageRun.start(parts, method, stages, index, amp)
+            if ckpt is not None and ckpt.get("stage") == index:  # resumed inside this stage
+                run.load_state_dict(ckpt)
+            ckpt = None
+            method.on_stage_start(index, ctx)
+            _share_method_state(method, info, device)
+        state.progress["epoch"] = epoch
         method.on_epoch_start(epoch, ctx)
         _share_method_state(method, info, device)
-        net.train()
-        sums: dict[str, float] = {}
-        counted = 0
-        bar = _Bar(cfg.progress, is_main, cfg.iters_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.print_freq)
-        try:
-            for i in range(1, cfg.iters_per_epoch + 1):
-                batch = batch_to_device(next(batches), device)
-                with torch.autocast(device_type="cuda", enabled=amp):
-                    terms = method.losses(net, batch, step / total_steps)
-                if not terms:
-                    raise UserError(f"method '{cfg.method}' returned no loss terms at step {step}")
-                loss = sum(terms.values())
-                finite = bool(torch.isfinite(loss.detach()).item())
-                finite = D.all_agree(finite)
-                if not finite:
-                    bad = next((k for k, v in terms.items() if not torch.isfinite(v.detach()).all()), "loss")
-                    if not cfg.skip_nonfinite:
-                        raise UserError(f"epoch {epoch + 1}, step {step}: loss term '{bad}' is not finite "
-                                        f"({float(terms[bad].detach()) if bad in terms else float('nan')}); "
-                                        f"lower --lr, or pass --skip-nonfinite to skip such steps")
-                    skipped += 1
-                    if info.enabled:  # DDP expects a backward after each forward: run it, drop the grads
-                        (loss * 0.0).backward()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    bar.update(i, {"skipped": float(skipped)})
-                    continue
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
-                values = {k: float(v.detach()) for k, v in terms.items()}
-                values["loss"] = float(loss.detach())
-                for k, v in values.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                counted += 1
-                bar.update(i, values)
-        finally:
-            bar.close()
-        group = optimizer.param_groups[0]  # the base rate (heads) during this epoch
-        epoch_lr = cfg.lr * group["lr"] / group.get("initial_lr", group["lr"])
-        scheduler.step()
-
-        val = evaluate(net, val_loader, device, num_classes, amp=amp)
-        record = {"epoch": epoch + 1, "step": step,
-                  "lr": epoch_lr,
-                  **{f"train_{k}": _mean_over_ranks(v / max(counted, 1), device) for k, v in sums.items()},
-                  "val_top1": val.top1, "val_mean_class_acc": val.mean_class_acc,
-                  "skipped_steps": skipped, "epoch_time_s": round(time.time() - t_epoch, 3)}
-        improved = _better(record, best)
-        if improved:
-            best = {"epoch": epoch + 1, "val_top1": val.top1, "val_mean_class_acc": val.mean_class_acc}
-        record["best_epoch"] = best["epoch"]
-        elapsed_now = elapsed + (time.time() - started)
-        if is_main:
-            metrics.append(record)
+        t_epoch = time.time()
+        record = _train_epoch(parts, method, net, run, state, epoch, total_epochs, amp)
+        if run.stage.selects:
+            val = evaluate(net, val_loader, device, len(task.target_classes), amp=amp)
+            record.update(val_top1=val.top1, val_mean_class_acc=val.mean_class_acc)
+            improved = _better(record, state.best)
             if improved:
-                save_checkpoint({"format": FORMAT, "epoch": epoch + 1, "model": model.state_dict(),
-                                 "val": dict(best), "config": cfg.to_dict()}, best_checkpoint(log_dir))
-            save_checkpoint({
-                "format": FORMAT, "epoch": epoch + 1, "step": step, "best": best,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if amp else None,
-                "loader": loader.state_dict(), "method": _to_device(method.state_dict(), "cpu"),
-                "rng": rng_state(), "config": cfg.to_dict(), "elapsed": elapsed_now,
-                "skipped_steps": skipped,
-            }, last_checkpoint(log_dir))
-            terms_text = ", ".join(f"{k.removeprefix('train_')} {v:.4f}" for k, v in record.items()
-                                   if k.startswith("train_") and k != "train_loss")
-            print(f"epoch {epoch + 1}/{cfg.epochs}: loss {record.get('train_loss', float('nan')):.4f}"
-                  f"{' (' + terms_text + ')' if terms_text else ''}, val top-1 {100 * val.top1:.2f}%, "
-                  f"mean class {100 * val.mean_class_acc:.2f}%, lr {record['lr']:.4g}"
-                  f"{' *best*' if improved else ''} [{record['epoch_time_s']:.1f}s]", flush=True)
+                state.best = {"epoch": epoch + 1, "val_top1": val.top1, "val_mean_class_acc": val.mean_class_acc}
+        else:
+            improved = False
+        state.epoch = epoch + 1
+        record["best_epoch"] = state.best["epoch"] if state.best else None
+        record["epoch_time_s"] = round(time.time() - t_epoch, 3)
+        if is_main:
+            warnings = method.epoch_warnings(record)
+            if warnings and not warned:
+                warned = True
+                for line in warnings:
+                    print(f"warning: {line}", file=sys.stderr, flush=True)
+            metrics.append(record)
+            _save_checkpoints(parts, method, run, state, record, improved, elapsed=state.elapsed + time.time() - started)
+            _print_epoch(record, total_epochs, improved)
         D.barrier()
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < total_epochs:
             _say(is_main, f"stopped after epoch {epoch + 1} as asked; continue with --resume --log {log_dir}")
-            return {"stopped_after_epoch": epoch + 1, "best": best}
+            return {"stopped_after_epoch": epoch + 1, "best": state.best}
 
-    return _finish(parts, method, best, elapsed + (time.time() - started), skipped)
+    return _finish(parts, method, state, state.elapsed + (time.time() - started))
+
+
+@dataclass
+class TrainState:
+    """What a run has done so far; checkpointed in ``last.pt`` and restored by ``--resume``.
+
+    ``epoch``: completed epochs over all stages; ``step``: optimizer steps (skipped ones included);
+    ``best``: the best validation record so far; ``images_seen``: images forwarded per stream
+    (summed over processes); ``progress``: the live ``{"epoch": ...}`` the feature cache reads.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    best: Optional[dict] = None
+    elapsed: float = 0.0
+    skipped: int = 0
+    images_seen: dict = field(default_factory=lambda: {"source": 0, "target": 0})
+    progress: dict = field(default_factory=lambda: {"epoch": 0})
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "best": self.best, "skipped_steps": self.skipped,
+                "images_seen": dict(self.images_seen)}
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        self.epoch, self.step, self.best = int(ckpt["epoch"]), int(ckpt["step"]), ckpt.get("best")
+        self.elapsed, self.skipped = float(ckpt.get("elapsed", 0.0)), int(ckpt.get("skipped_steps", 0))
+        self.images_seen = dict(ckpt.get("images_seen") or {"source": 0, "target": 0})
+        self.progress["epoch"] = self.epoch
+        set_rng_state(ckpt["rng"])
+
+
+@dataclass
+class StageRun:
+    """One stage in progress: its :class:`~tllib_jtln.methods.Stage`, optimizer, schedule and loader."""
+
+    index: int
+    stage: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    loader: Any
+    batches: Any = None
+
+    @classmethod
+    def start(cls, parts: Parts, method, stages: list, index: int, amp: bool) -> "StageRun":
+        """A fresh optimizer and MultiStepLR over the full schedule, and the stage's streams (seeded by
+        ``--seed`` alone, so a stage sees the same batches as a one-stage method on the same stream)."""
+        from ..data import JointLoader
+
+        cfg, task, info, stage = parts.cfg, parts.task, parts.info, stages[index]
+        optimizer, scheduler = build_optimizer(cfg, parts.model)
+        loader = JointLoader(task.source_train if stage.uses_source else None,
+                             task.target_train if stage.uses_target else None,
+                             source_batch_size=cfg.source_batch_size or cfg.batch_size,
+                             target_batch_size=cfg.batch_size, seed=cfg.seed, rank=info.rank,
+                             world_size=info.world_size, workers=cfg.workers,
+                             use_source=stage.uses_source, use_target=stage.uses_target)
+        return cls(index=index, stage=stage, optimizer=optimizer, scheduler=scheduler,
+                   scaler=torch.amp.GradScaler("cuda", enabled=amp), loader=loader)
+
+    def next_batch(self, device: torch.device):
+        if self.batches is None:
+            self.batches = iter(self.loader)
+        return batch_to_device(next(self.batches), device)
+
+    def state_dict(self) -> dict:
+        return {"stage": self.index, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "loader": self.loader.state_dict()}
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.loader.load_state_dict(ckpt["loader"])
+        self.batches = None
+
+
+def _load_resume_checkpoint(log_dir: Path, cfg: Config, num_stages: int) -> dict:
+    ckpt = load_checkpoint(last_checkpoint(log_dir), map_location="cpu")
+    if ckpt.get("format") != FORMAT:
+        raise UserError(f"{last_checkpoint(log_dir)}: checkpoint format {ckpt.get('format')} is not "
+                        f"{FORMAT}; start over with --overwrite")
+    done = int(ckpt["epoch"])
+    if done >= num_stages * cfg.epochs:
+        raise UserError(f"--resume: the checkpoint has {done} epochs done and the run has "
+                        f"{num_stages * cfg.epochs} ({num_stages} stage(s) x --epochs {cfg.epochs}); "
+                        f"raise --epochs to train further")
+    return ckpt
+
+
+def _train_epoch(parts: Parts, method, net: nn.Module, run: StageRun, state: TrainState, epoch: int,
+                 total_epochs: int, amp: bool) -> dict:
+    """``--iters-per-epoch`` steps of ``run``'s stage; returns the epoch's record (means of the loss terms
+    and of the method's step statistics, over processes). The non-finite policy: stop naming the
+    epoch, step and term, or skip the step under ``--skip-nonfinite``."""
+    cfg, info, device = parts.cfg, parts.info, parts.device
+    total_steps = total_epochs * cfg.iters_per_epoch
+    seen = {"source": (cfg.source_batch_size or cfg.batch_size) * info.world_size if run.stage.uses_source else 0,
+            "target": cfg.batch_size * info.world_size if run.stage.uses_target else 0}
+    optimizer = run.optimizer
+    sums: dict[str, float] = {}
+    stats: dict[str, float] = {}
+    counted = 0
+    net.train()
+    bar = _Bar(cfg.progress, info.is_main, cfg.iters_per_epoch, f"epoch {epoch + 1}/{total_epochs}"
+               + (f" ({run.stage.name})" if run.stage.name != cfg.method else ""), cfg.print_freq)
+    t_train = time.time()
+    try:
+        for i in range(1, cfg.iters_per_epoch + 1):
+            batch = run.next_batch(device)
+            for stream, n in seen.items():
+                state.images_seen[stream] += n
+            with torch.autocast(device_type="cuda", enabled=amp):
+                terms = method.losses(net, batch, state.step / total_steps)
+            if not terms:
+                raise UserError(f"method '{cfg.method}' returned no loss terms at step {state.step}")
+            loss = sum(terms.values())
+            if not D.all_agree(bool(torch.isfinite(loss.detach()).item())):
+                _non_finite(cfg, info, terms, loss, epoch, state.step)
+                state.skipped += 1
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                bar.update(i, {"skipped": float(state.skipped)})
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            run.scaler.scale(loss).backward()
+            run.scaler.step(optimizer)
+            run.scaler.update()
+            state.step += 1
+            values = {k: float(v.detach()) for k, v in terms.items()}
+            values["loss"] = float(loss.detach())
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            for k, v in method.step_stats().items():
+                stats[k] = stats.get(k, 0.0) + v
+            counted += 1
+            bar.update(i, values)
+    finally:
+        bar.close()
+    train_time = time.time() - t_train
+    group = optimizer.param_groups[0]  # the base rate (heads) during this epoch
+    epoch_lr = cfg.lr * group["lr"] / group.get("initial_lr", group["lr"])
+    run.scheduler.step()
+    return {"epoch": epoch + 1, "stage": run.stage.name, "step": state.step, "lr": epoch_lr,
+            **{f"train_{k}": _mean_over_ranks(v / max(counted, 1), device) for k, v in sums.items()},
+            **{k: _mean_over_ranks(v / max(counted, 1), device) for k, v in stats.items()},
+            "skipped_steps": state.skipped, "images_seen": dict(state.images_seen),
+            "train_time_s": round(train_time, 3)}
+
+
+def _non_finite(cfg: Config, info: D.DistInfo, terms: dict, loss: torch.Tensor, epoch: int, step: int) -> None:
+    """Stop with the epoch, step and first non-finite term named; under ``--skip-nonfinite`` return (skip)."""
+    bad = next((k for k, v in terms.items() if not torch.isfinite(v.detach()).all()), "loss")
+    if not cfg.skip_nonfinite:
+        raise UserError(f"epoch {epoch + 1}, step {step}: loss term '{bad}' is not finite "
+                        f"({float(terms[bad].detach()) if bad in terms else float('nan')}); "
+                        f"lower --lr, or pass --skip-nonfinite to skip such steps")
+    if info.enabled:  # DDP expects a backward after each forward: run it, the grads are dropped
+        (loss * 0.0).backward()
+
+
+def _save_checkpoints(parts: Parts, method, run: StageRun, state: TrainState, record: dict, improved: bool,
+                      elapsed: float) -> None:
+    """``best.pt`` when the epoch improved on validation, and ``last.pt`` (everything ``--resume`` needs)."""
+    cfg, model, log_dir = parts.cfg, parts.model, parts.log_dir
+    if improved:
+        save_checkpoint({"format": FORMAT, "epoch": record["epoch"], "model": model.state_dict(),
+                         "val": dict(state.best), "config": cfg.to_dict()}, best_checkpoint(log_dir))
+    save_checkpoint({"format": FORMAT, "model": model.state_dict(), **state.state_dict(), **run.state_dict(),
+                     "method": _to_device(method.state_dict(), "cpu"), "rng": rng_state(),
+                     "config": cfg.to_dict(), "elapsed": elapsed}, last_checkpoint(log_dir))
+
+
+def _print_epoch(record: dict, total_epochs: int, improved: bool) -> None:
+    terms_text = ", ".join(f"{k.removeprefix('train_')} {v:.4f}" for k, v in record.items()
+                           if k.startswith("train_") and k not in ("train_loss", "train_time_s"))
+    val = (f", val top-1 {100 * record['val_top1']:.2f}%, mean class {100 * record['val_mean_class_acc']:.2f}%"
+           if "val_top1" in record else f" (stage '{record['stage']}', not validated)")
+    print(f"epoch {record['epoch']}/{total_epochs}: loss {record.get('train_loss', float('nan')):.4f}"
+          f"{' (' + terms_text + ')' if terms_text else ''}{val}, lr {record['lr']:.4g}"
+          f"{' *best*' if improved else ''} [{record['epoch_time_s']:.1f}s]", flush=True)
 
 
 def _share_method_state(method, info: D.DistInfo, device: torch.device) -> None:
@@ -502,11 +626,11 @@ def _save_artifacts(method, source_names: Optional[list], target_names: list, lo
     return artifacts
 
 
-def _finish(parts: Parts, method, best: Optional[dict], wall: float, skipped: int) -> dict:
-    """Load the best checkpoint, test it, write the plots and ``summary.json`` (main process)."""
-    from .plots import plot_curves, save_transport
-
+def _finish(parts: Parts, method, state: TrainState, wall: float) -> dict:
+    """Load the best checkpoint, test it (one pass over the test images), write the views and
+    ``summary.json`` (main process)."""
     cfg, task, log_dir, is_main = parts.cfg, parts.task, parts.log_dir, parts.info.is_main
+    best = state.best
     if best is None:
         raise UserError("no epoch was completed; nothing to test")
     D.barrier()
@@ -514,33 +638,45 @@ def _finish(parts: Parts, method, best: Optional[dict], wall: float, skipped: in
     parts.model.load_state_dict(ckpt["model"])
     source_names = source_class_names(parts.model, task)
     ks = len(source_names) if source_names else 0
-    test_loader = _eval_loader(task.target_test, parts)
-    result = evaluate(parts.model, test_loader, parts.device, len(task.target_classes),
-                      source_mass=ks, amp=bool(cfg.amp and parts.device.type == "cuda"))
+    amp = bool(cfg.amp and parts.device.type == "cuda")
+    result = evaluate(parts.model, _eval_loader(task.target_test, parts), parts.device, len(task.target_classes),
+                      source_mass=ks, amp=amp)
+    plan = _validation_plan(parts, method, amp) if ks else None
     summary = {
         "method": cfg.method, "data": task.name, "arch": cfg.arch, "seed": cfg.seed,
         "num_samples_per_class": cfg.num_samples_per_class, "cost": cfg.cost,
         "test_top1": result.top1, "test_mean_class_acc": result.mean_class_acc,
         "val_top1": best["val_top1"], "val_mean_class_acc": best["val_mean_class_acc"],
         "best_epoch": best["epoch"], "epochs": cfg.epochs, "iters_per_epoch": cfg.iters_per_epoch,
-        "test_images": result.count, "skipped_steps": skipped, "world_size": parts.info.world_size,
-        "wall_time_s": round(wall, 2),
+        "stages": [stage.name for stage in method.stages()], "images_seen": dict(state.images_seen),
+        "test_images": result.count, "skipped_steps": state.skipped, "world_size": parts.info.world_size,
+        "wall_time_s": round(wall, 2), "switches": method.switches(),
         "test_per_class": result.as_dict("test", list(task.target_classes))["test_per_class"],
     }
     if is_main:
         artifacts = _save_artifacts(method, source_names, task.target_classes, log_dir)
         if ks:
-            cost, plan = artifacts.get("cost"), artifacts.get("plan")
-            mass = plan if plan is not None else result.source_mass
+            cost = artifacts.get("cost")
             if cost is not None and tuple(cost.shape) != (ks, len(task.target_classes)):
                 cost = None
-            save_transport(log_dir, source_names, task.target_classes, mass=mass, cost=cost)
+            save_transport(log_dir, source_names, task.target_classes, plan=plan, posterior=result.source_mass,
+                           cost=cost)
         plot_curves(MetricsLog(log_dir).read(), log_dir / "curves.png")
         write_summary(summary, log_dir)
         print(f"best epoch {best['epoch']}: val top-1 {100 * best['val_top1']:.2f}%; "
               f"test top-1 {100 * result.top1:.2f}%, mean class {100 * result.mean_class_acc:.2f}% "
               f"({result.count} images); {wall:.1f}s; log: {log_dir}", flush=True)
     return summary
+
+
+def _validation_plan(parts: Parts, method, amp: bool) -> Optional[torch.Tensor]:
+    """The method's mean OT plan ``(Ks, Kt)`` over the validation images (None for methods without one)."""
+    plan_fn = getattr(method, "transport_plan", None)
+    if plan_fn is None:
+        return None
+    val = evaluate(parts.model, _eval_loader(parts.task.target_val, parts, shard=False), parts.device,
+                   len(parts.task.target_classes), amp=amp, keep_outputs=True)
+    return plan_fn(*val.outputs) if val.outputs is not None else None
 
 
 # ----------------------------------------------------------------------------- test

@@ -7,11 +7,15 @@ The engine's order of calls (it never special-cases a method)::
     method.prepare_model(model)               # before DDP wrapping and the optimizer (also on resume)
     optimizer = SGD(model.get_parameters(cfg.lr), ...)
     method.setup(ctx)                         # once: cost matrix, relation, ... (or load_state_dict on resume)
-    for epoch in ...:
-        method.on_epoch_start(epoch, ctx)
-        for step in ...:
-            terms = method.losses(ddp_model, batch, progress)   # {"ce_target": ..., "ot": ...}
-            sum(terms.values()).backward()
+    for index, stage in enumerate(method.stages()):   # each stage: its own optimizer, schedule and loader
+        method.on_stage_start(index, ctx)
+        for epoch in ...:                          # --epochs x --iters-per-epoch steps per stage
+            method.on_epoch_start(epoch, ctx)
+            for step in ...:
+                terms = method.losses(ddp_model, batch, progress)   # {"ce_target": ..., "ot": ...}
+                sum(terms.values()).backward()
+                stats = method.step_stats()        # {"ot_iters": ...}: logged, not optimised
+            warnings = method.epoch_warnings(means_of_the_epoch)
 
 ``model`` in :meth:`Method.losses` is a callable returning ``(source_logits (B, Ks),
 target_logits (B, Kt))``: possibly a DDP wrapper, so methods only ever call ``model(x)``.
@@ -31,6 +35,22 @@ from ..errors import UserError
 from ..registry import Registry
 
 FeatureFn = Callable[[str], "tuple[Tensor, Tensor]"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage: which streams it reads and whether its epochs select the best checkpoint.
+
+    Every stage runs the full schedule (``--epochs`` x ``--iters-per-epoch`` steps, its own SGD
+    optimizer, momentum buffers and MultiStepLR), so a two-stage method (``consecutive``) sees
+    as many source images as ``joint`` in its first stage and as many target images as ``erm``
+    in its second. Only stages that train the target head (``selects``) are validated.
+    """
+
+    name: str
+    uses_source: bool
+    uses_target: bool
+    selects: bool = True
 
 
 @dataclass
@@ -87,6 +107,26 @@ class Method:
             raise UserError(f"--method {self.name} needs source data: give --source-data (or use the embedded task)")
 
     # ------------------------------------------------------------------ hooks
+    def stages(self) -> list[Stage]:
+        """The training stages, in order. Default: one stage over the streams the method uses."""
+        return [Stage(self.name, self.uses_source, self.uses_target)]
+
+    def on_stage_start(self, index: int, ctx: "SetupContext") -> None:
+        """At the start of stage ``index`` of :meth:`stages`, and again when a run resumes inside it (after
+        :meth:`load_state_dict`): keep what the restored state already holds."""
+
+    def step_stats(self) -> dict[str, float]:
+        """Diagnostics of the last :meth:`losses` call (logged as per-epoch means, never optimised)."""
+        return {}
+
+    def epoch_warnings(self, means: dict[str, float]) -> list[str]:
+        """Warnings for the user from an epoch's mean :meth:`step_stats`. Default: none."""
+        return []
+
+    def switches(self) -> dict[str, Any]:
+        """The method's resolved settings, as they ran (recorded in ``summary.json``). Default: none."""
+        return {}
+
     def prepare_model(self, model: nn.Module) -> None:
         """Adjust the fresh model before DDP and the optimizer (e.g. freeze an unused head). Default: nothing."""
 

@@ -15,10 +15,12 @@ model in eval mode), and the loss is
         - \lambda\, \mathrm{mean}_{x_t} \sum_s R[y_t, s] \log \mathrm{softmax}(h_s(g(x_t)))_s
 
 with ``lambda = trade_off`` (2.3 by default, as TLlib). With a pretrained source head and no
-source data (the usual setting: ImageNet head) the relation is computed in ``setup``. With source
-data the source head is first trained by source cross-entropy for the first ``source_fraction``
-of the epochs, and the relation is computed at the start of the first epoch after that.
-The source head is trained (rate as TLlib: 0.1x under ``--finetune`` when pretrained).
+source data (the usual setting: ImageNet head) the relation is computed in ``setup`` and there
+is one stage. With source data there are two stages (:class:`~tllib_jtln.methods.Stage`), each
+with its own optimizer and full schedule: the source head is first trained by source
+cross-entropy (as many source images as ``joint``), then the relation is computed and the
+co-tuning stage sees as many target images as ``erm``. The source head is always trained
+(rate as TLlib: 0.1x under ``--finetune`` when pretrained); ``--source-head-lr`` is not used.
 
 Shape: ``relation`` (Kt, Ks); terms ``ce_source`` (first stage) or ``ce_target`` and
 ``co_tuning`` (scalars, the latter already multiplied by ``trade_off``).
@@ -31,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .base import Method, SetupContext, cross_entropy, register_method, source_head_probs
+from .base import Method, SetupContext, Stage, cross_entropy, register_method, source_head_probs
 
 
 def category_relation(source_probs: Tensor, target_labels: Tensor, num_target_classes: int) -> Tensor:
@@ -53,14 +55,12 @@ class CoTuning(Method):
         self.uses_source = self.has_source_data
         self.uses_target = True
         self.relation: Optional[Tensor] = None
-        if self.uses_source:
-            if cfg.epochs < 2:
-                raise UserError("--method co_tuning with source data needs --epochs >= 2 (source stage, then "
-                                "co-tuning); or drop the source data to use the pretrained head")
-            if not 0.0 < cfg.source_fraction < 1.0:
-                raise UserError(f"--source-fraction must lie in (0, 1) for co_tuning with source data, "
-                                f"got {cfg.source_fraction}")
-        self.switch_epoch = min(max(1, round(cfg.source_fraction * cfg.epochs)), cfg.epochs - 1)
+
+    def stages(self) -> list[Stage]:
+        co_tuning = Stage("co_tuning", uses_source=False, uses_target=True)
+        if not self.uses_source:
+            return [co_tuning]
+        return [Stage("source", uses_source=True, uses_target=False, selects=False), co_tuning]
 
     def prepare_model(self, model) -> None:
         if getattr(model, "source_head", None) is None:
@@ -77,8 +77,10 @@ class CoTuning(Method):
         if not self.uses_source:
             self.relation = self.compute_relation(ctx)
 
-    def on_epoch_start(self, epoch: int, ctx: SetupContext) -> None:
-        if self.uses_source and self.relation is None and epoch >= self.switch_epoch:
+    def on_stage_start(self, index: int, ctx: SetupContext) -> None:
+        # the source head has been trained: relate the classes now (on a resume inside the stage, the
+        # relation comes back with the checkpoint and is kept)
+        if self.uses_source and index == 1 and self.relation is None:
             self.relation = self.compute_relation(ctx, refresh=True)
 
     def losses(self, model, batch, progress):

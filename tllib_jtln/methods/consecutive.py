@@ -1,16 +1,18 @@
-"""``consecutive``: fine-tune on the source set, then on the target set, in one budget (the paper's baseline).
+r"""``consecutive``: fine-tune on the source set, then on the target set (the paper's baseline).
+
+Two stages, each with its own optimizer and the full schedule (``--epochs`` x
+``--iters-per-epoch`` steps, see :class:`~tllib_jtln.methods.Stage`):
 
 .. math::
-    L = \\mathrm{CE}(h_s(g(x_s)), y_s) \\text{ while progress} < \\texttt{source\\_fraction},
-    \\quad \\mathrm{CE}(h_t(g(x_t)), y_t) \\text{ afterwards}
+    \text{stage 1: } L = \mathrm{CE}(h_s(g(x_s)), y_s), \qquad
+    \text{stage 2: } L = \mathrm{CE}(h_t(g(x_t)), y_t).
 
-``progress`` is the share of the total iterations done, so ``--source-fraction 0.5`` spends half
-the budget on each stage. Each step forwards only the stage's images.
+Stage 1 sees as many source images as ``joint`` and stage 2 as many target images as ``erm``;
+each step forwards only the stage's images. Only stage 2 is validated and selects the checkpoint.
 """
 from __future__ import annotations
 
-from ..errors import UserError
-from .base import Method, cross_entropy, register_method
+from .base import Method, Stage, cross_entropy, register_method
 
 
 @register_method("consecutive")
@@ -21,11 +23,17 @@ class Consecutive(Method):
     def __init__(self, cfg, task):
         super().__init__(cfg, task)
         self.require_source_data()
-        if not 0.0 <= cfg.source_fraction <= 1.0:
-            raise UserError(f"--source-fraction must lie in [0, 1], got {cfg.source_fraction}")
+        self.stage = 0
+
+    def stages(self) -> list[Stage]:
+        return [Stage("source", uses_source=True, uses_target=False, selects=False),
+                Stage("target", uses_source=False, uses_target=True)]
+
+    def on_stage_start(self, index: int, ctx) -> None:
+        self.stage = index
 
     def losses(self, model, batch, progress):
-        if progress < self.cfg.source_fraction:
+        if self.stage == 0:
             source_logits, _ = model(batch.x_s)
             return {"ce_source": cross_entropy(source_logits, batch.y_s)}
         _, target_logits = model(batch.x_t)

@@ -8,15 +8,20 @@ with :math:`p = \mathrm{softmax}(h_s(g(x)))` over the ``Ks`` source classes, ``q
 over the ``Kt`` target classes and ``M`` the ``(Ks, Kt)`` cost matrix
 (:func:`tllib_jtln.cost.build_cost`), solved by :class:`tllib_jtln.ot.WassersteinLoss`.
 
-Switches (``Config``): ``ot_on`` (``auto``, the default: ``source`` with source data, ``target``
-without; ``target``: OT on target images, ``q`` = target-head prediction,
-detached under ``ot_detach``, or the label under ``ot_target=label``; ``source``: on source images
-the roles swap, ``q = softmax(h_t(g(x_s)))`` learns and ``p`` is the source label or, under
-``ot_source=prediction``, the (detached) source prediction, solved as
-:math:`W_\varepsilon(q, p; M^\top)`, the same problem transposed; ``both``: the sample-weighted
-mean of the two), ``ot_weight`` (alpha), ``ot_eps``, ``ot_iters``, ``ot_tol``, ``ot_smooth``,
-``cost`` and the ``cost_*`` options, ``cost_refresh`` (rebuild ``M`` from the current features
-every N epochs).
+Switches (``Config``):
+
+- ``ot_on``: ``target`` (the default, the paper's: "a constraint on the source classifier"): on
+  target images :math:`p = \mathrm{softmax}(h_s(g(x_t)))` learns (gradient into the source head
+  and the trunk) against ``q``, the target head's prediction (detached under ``ot_detach``) or,
+  under ``ot_target=label``, the label. ``source`` (beyond the paper): on source images the roles
+  swap, :math:`q = \mathrm{softmax}(h_t(g(x_s)))` learns and ``p`` is the source label or, under
+  ``ot_source=prediction``, the (detached) source prediction, solved as
+  :math:`W_\varepsilon(q, p; M^\top)`, the same problem transposed. ``both``: the
+  sample-weighted mean of the two.
+- ``ot_reg`` (``entropy`` or ``kl``, see :class:`~tllib_jtln.ot.WassersteinLoss`), ``ot_weight``
+  (alpha), ``ot_eps``, ``ot_iters``, ``ot_tol``, ``ot_smooth``; ``cost``, ``cost_normalize`` and
+  the other ``cost_*`` options; ``cost_refresh`` (rebuild ``M`` from the current features every N
+  epochs).
 
 Source-free: without source data (``task.source_train is None``) and a pretrained source head
 (e.g. ImageNet), the source cross-entropy is absent, the OT term uses target images only and the
@@ -37,18 +42,17 @@ from torch import Tensor
 
 from ..cost import build_cost, cost_options
 from ..errors import UserError
-from ..ot import WassersteinLoss
+from ..ot import WassersteinLoss, sinkhorn, smooth_histogram
 from .base import Method, SetupContext, cross_entropy, forward_joint, register_method, source_head_probs
 
+#: below this share of converged Sinkhorn problems in an epoch, the user is warned (once)
+CONVERGED_SHARE = 0.99
 
 
-def resolve_ot_on(ot_on: str, has_source_data: bool) -> str:
-    """``--ot-on auto`` (the default): ``source`` with source data (chosen on the validation split of the
-    embedded task's ablation, see the README), ``target`` without (the only choice source-free)."""
-    if ot_on == "auto":
-        return "source" if has_source_data else "target"
+def check_ot_on(ot_on: str, has_source_data: bool) -> str:
+    """``ot_on`` itself; ``source`` and ``both`` need source images."""
     if not has_source_data and ot_on != "target":
-        raise UserError(f"--ot-on {ot_on} needs source data; without --source-data use --ot-on target (or auto)")
+        raise UserError(f"--ot-on {ot_on} needs source data; without --source-data use --ot-on target")
     return ot_on
 
 
@@ -75,12 +79,13 @@ class JTLN(Method):
         self.source_free = not self.has_source_data
         self.uses_source = self.has_source_data
         self.uses_target = True
-        self.ot_on = resolve_ot_on(cfg.ot_on, self.has_source_data)
+        self.ot_on = check_ot_on(cfg.ot_on, self.has_source_data)
         try:
             self.ot = WassersteinLoss.from_config(cfg)
         except ValueError as exc:
-            raise UserError(f"--ot-eps/--ot-smooth: {exc}") from None
+            raise UserError(f"--ot-eps/--ot-smooth/--ot-reg: {exc}") from None
         self.cost: Optional[Tensor] = None
+        self._solves: list = []  # the SinkhornResults of the last losses() call
 
     def prepare_model(self, model) -> None:
         if getattr(model, "source_head", None) is None:
@@ -130,30 +135,90 @@ class JTLN(Method):
         terms = {"ce_target": cross_entropy(tgt_t, batch.y_t)}
         if use_source:
             terms["ce_source"] = cross_entropy(out_s[0], batch.y_s)
+        self._solves = []
         if cfg.ot_weight == 0:
             return terms
         if self.cost is None:
             raise RuntimeError("jtln: setup(ctx) (or load_state_dict) must run before losses()")
+        logits = [src_t, tgt_t, *(out_s if use_source else ())]
+        if not bool(torch.stack([torch.isfinite(x.detach()).all() for x in logits]).all()):  # one host sync
+            # the engine's non-finite policy (stop naming the term, or --skip-nonfinite) takes it from here
+            terms["ot"] = torch.full((), float("nan"), device=src_t.device)
+            return terms
         cost = self.cost.to(src_t.device)
         parts: list[tuple[Tensor, int]] = []
         if self.ot_on in ("target", "both"):
-            if cfg.ot_target == "label":
-                q: Tensor = batch.y_t
-            else:
-                q = torch.softmax(tgt_t.float(), dim=1)
-                q = q.detach() if cfg.ot_detach else q
-            parts.append((self.ot(src_t, q, cost), src_t.shape[0]))
+            q = batch.y_t if cfg.ot_target == "label" else self._side(tgt_t)
+            parts.append((self._solve(src_t, q, cost), src_t.shape[0]))
         if self.ot_on in ("source", "both") and use_source:
             src_s, tgt_s = out_s
-            if cfg.ot_source == "label":
-                p: Tensor = batch.y_s
-            else:
-                p = torch.softmax(src_s.float(), dim=1)
-                p = p.detach() if cfg.ot_detach else p
-            parts.append((self.ot(tgt_s, p, cost.t()), tgt_s.shape[0]))
+            p = batch.y_s if cfg.ot_source == "label" else self._side(src_s)
+            parts.append((self._solve(tgt_s, p, cost.t()), tgt_s.shape[0]))
         total = sum(n for _, n in parts)
         terms["ot"] = cfg.ot_weight * sum(value * (n / total) for value, n in parts)
         return terms
+
+    def _side(self, logits: Tensor) -> Tensor:
+        """The distribution on the side that is not constrained: a softmax, detached under ``ot_detach``."""
+        probs = torch.softmax(logits.float(), dim=1)
+        return probs.detach() if self.cfg.ot_detach else probs
+
+    def _solve(self, logits: Tensor, dist: Tensor, cost: Tensor) -> Tensor:
+        value = self.ot(logits, dist, cost)
+        if self.ot.last_result is not None:
+            self._solves.append(self.ot.last_result)
+        return value
+
+    def step_stats(self) -> dict[str, float]:
+        """``ot_iters``: Sinkhorn iterations of the last step; ``ot_converged``: share of its problems
+        (samples) whose marginal error reached ``--ot-tol``. Empty when no problem was solved iteratively."""
+        if not self._solves:
+            return {}
+        converged = torch.cat([(r.marginal_error <= self.ot.tol).float() for r in self._solves])
+        return {"ot_iters": sum(r.n_iter for r in self._solves) / len(self._solves),
+                "ot_converged": float(converged.mean())}
+
+    def epoch_warnings(self, means: dict[str, float]) -> list[str]:
+        share = means.get("ot_converged")
+        if share is None or share >= CONVERGED_SHARE:
+            return []
+        return [f"Sinkhorn converged on {100 * share:.1f}% of the OT problems this epoch (mean "
+                f"{means.get('ot_iters', float('nan')):.0f} of --ot-iters {self.cfg.ot_iters} iterations, "
+                f"--ot-tol {self.cfg.ot_tol:g}): raise --ot-iters, raise --ot-eps or loosen --ot-tol"]
+
+    def switches(self) -> dict:
+        cfg = self.cfg
+        return {"ot_on": self.ot_on, "ot_target": cfg.ot_target, "ot_source": cfg.ot_source,
+                "ot_detach": cfg.ot_detach, "ot_reg": cfg.ot_reg, "ot_weight": cfg.ot_weight, "ot_eps": cfg.ot_eps,
+                "cost": cfg.cost, "cost_base": cfg.cost_base if cfg.cost == "shuffled" else None,
+                "cost_normalize": cfg.cost_normalize, "cost_refresh": cfg.cost_refresh,
+                "source_free": self.source_free}
+
+    @torch.no_grad()
+    def transport_plan(self, source_logits: Tensor, target_logits: Tensor, labels: Tensor) -> Optional[Tensor]:
+        """The mean OT plan ``(Ks, Kt)`` the loss solves, on images with logits ``(N, Ks)``, ``(N, Kt)``
+        and target labels ``(N,)`` (the engine passes the validation images).
+
+        ``p`` is the source-head prediction and ``q`` the target-side distribution of the mode in use
+        (``ot_target``: prediction or label; under ``ot_on source`` the target-head prediction);
+        the plan of each image sums to 1, so the mean says which source classes each target class
+        draws its mass from.
+        """
+        if self.cost is None or source_logits.shape[0] == 0:
+            return None
+        cost = self.cost.to(source_logits.device, torch.float32)
+        if self.ot_on == "target" and self.cfg.ot_target == "label":
+            q = torch.nn.functional.one_hot(labels.long(), cost.shape[1]).float()
+        else:
+            q = torch.softmax(target_logits.float(), dim=1)
+        p = torch.softmax(source_logits.float(), dim=1)
+        plans = []
+        for i in range(0, p.shape[0], 256):
+            result = sinkhorn(smooth_histogram(p[i:i + 256], self.ot.smooth),
+                              smooth_histogram(q[i:i + 256], self.ot.smooth), cost, self.ot.eps,
+                              max_iter=self.ot.max_iter, tol=self.ot.tol)
+            plans.append(result.plan().sum(0))
+        return (sum(plans) / p.shape[0]).float().cpu()
 
     # ------------------------------------------------------------------ state
     def state_keys(self) -> tuple[str, ...]:

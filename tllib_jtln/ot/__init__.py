@@ -4,7 +4,8 @@
 gradients; ``WassersteinLoss`` is the loss module; ``onehot_transport_cost`` the closed form for
 one-hot targets. Imports nothing from the engine, methods or CLI.
 """
-from .loss import WassersteinLoss, onehot_transport_cost, smooth_histogram
+from .loss import REGULARIZERS, WassersteinLoss, entropy, onehot_transport_cost, smooth_histogram
 from .solver import SinkhornResult, sinkhorn
 
-__all__ = ["SinkhornResult", "WassersteinLoss", "onehot_transport_cost", "sinkhorn", "smooth_histogram"]
+__all__ = ["REGULARIZERS", "SinkhornResult", "WassersteinLoss", "entropy", "onehot_transport_cost", "sinkhorn",
+           "smooth_histogram"]

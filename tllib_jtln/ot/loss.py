@@ -9,9 +9,11 @@ from torch import Tensor, nn
 
 from .solver import SinkhornResult, sinkhorn
 
-__all__ = ["WassersteinLoss", "onehot_transport_cost", "smooth_histogram"]
+__all__ = ["WassersteinLoss", "onehot_transport_cost", "smooth_histogram", "entropy"]
 
 _REDUCTIONS = ("mean", "sum", "none")
+#: ``entropy``: the plan's entropy, ``-eps H(P)`` (Cuturi 2013); ``kl``: ``eps KL(P || p q^T)``.
+REGULARIZERS = ("entropy", "kl")
 
 
 def _check_labels(labels: Tensor, num_classes: int, name: str = "labels") -> None:
@@ -46,6 +48,11 @@ def onehot_transport_cost(p: Tensor, labels: Tensor, cost: Tensor) -> Tensor:
     return (p * cost.t()[labels.to(cost.device)].to(p.dtype)).sum(1)
 
 
+def entropy(x: Tensor) -> Tensor:
+    r"""Row entropies :math:`H(x_b) = -\sum_i x_{bi} \log x_{bi}` of ``(B, K)`` histograms, ``(B,)`` (``0 log 0 = 0``)."""
+    return -(x * x.clamp_min(torch.finfo(x.dtype).tiny).log()).sum(1)
+
+
 def smooth_histogram(x: Tensor, delta: float) -> Tensor:
     r"""Mix with the uniform distribution, :math:`x \mapsto (1-\delta)\,x + \delta/K`, so no mass is zero."""
     if delta == 0:
@@ -69,6 +76,19 @@ class WassersteinLoss(nn.Module):
     (envelope theorem, Frogner et al. 2015), never a backward pass through the iterations.
     The batch is reduced by ``reduction`` (``mean``, ``sum`` or ``none``).
 
+    ``reg='kl'`` regularises with :math:`\varepsilon\,\mathrm{KL}(P \,\|\, \tilde p \tilde q^\top)`
+    instead of :math:`-\varepsilon H(P)`. On the transport polytope
+    :math:`\mathrm{KL}(P \| \tilde p\tilde q^\top) = -H(P) + H(\tilde p) + H(\tilde q)`, so the
+    plan is the same and the value is
+
+    .. math::
+        \ell_{\mathrm{kl}} = W_\varepsilon(\tilde p, \tilde q)
+            + \varepsilon\,\bigl(H(\tilde p) + H(\tilde q)\bigr) \;\ge\; \min_{ij} M_{ij},
+
+    which no longer rewards spreading :math:`p` over many bins (the ``entropy`` value is lowered
+    by up to :math:`\varepsilon \log(K_s K_t)` for a uniform ``p``), and a constant cost
+    :math:`M = c` gives :math:`\ell_{\mathrm{kl}} = c` for every ``p``, ``q``: an exact no-op.
+
     Which side receives gradients is the caller's choice: pass ``target_dist.detach()`` (or
     detached logits) for the side that must not learn. The module only smooths and solves.
 
@@ -76,11 +96,13 @@ class WassersteinLoss(nn.Module):
     the closed form :math:`p^\top M_{:, j} + \varepsilon \sum_i p_i \log p_i` (no iterations).
 
     Args:
-        eps: entropic regularisation (cost in ``[0, 1]``: 0.1 by default, see ``Config.ot_eps``).
+        eps: entropic regularisation, on a cost in ``[0, 1]`` (0.1 here; the command line's default
+            is ``Config.ot_eps``).
         max_iter: Sinkhorn iteration budget.
         tol: stopping tolerance on the L1 marginal error.
         smooth: ``delta`` in ``[0, 1)``, the uniform mixing weight.
         reduction: ``mean`` | ``sum`` | ``none``.
+        reg: ``entropy`` (the plan's entropy, Cuturi 2013) | ``kl`` (KL to the independent plan).
 
     Shape:
         - source_logits: ``(B, Ks)``
@@ -93,8 +115,10 @@ class WassersteinLoss(nn.Module):
     """
 
     def __init__(self, eps: float = 0.1, max_iter: int = 100, tol: float = 1e-6, smooth: float = 1e-3,
-                 reduction: str = "mean"):
+                 reduction: str = "mean", reg: str = "entropy"):
         super().__init__()
+        if reg not in REGULARIZERS:
+            raise ValueError(f"reg: must be one of {', '.join(REGULARIZERS)}, got {reg!r}")
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction: must be one of {', '.join(_REDUCTIONS)}, got {reduction!r}")
         if not 0 <= smooth < 1:
@@ -102,17 +126,19 @@ class WassersteinLoss(nn.Module):
         if not eps > 0:
             raise ValueError(f"eps: entropic regularisation must be > 0, got {eps!r}")
         self.eps, self.max_iter, self.tol = float(eps), int(max_iter), float(tol)
-        self.smooth, self.reduction = float(smooth), reduction
+        self.smooth, self.reduction, self.reg = float(smooth), reduction, reg
         self.last_result: Optional[SinkhornResult] = None
 
     @classmethod
     def from_config(cls, cfg, reduction: str = "mean") -> "WassersteinLoss":
-        """Build from a :class:`~tllib_jtln.config.Config` (``ot_eps``, ``ot_iters``, ``ot_tol``, ``ot_smooth``)."""
-        return cls(eps=cfg.ot_eps, max_iter=cfg.ot_iters, tol=cfg.ot_tol, smooth=cfg.ot_smooth, reduction=reduction)
+        """Build from a :class:`~tllib_jtln.config.Config` (``ot_eps``, ``ot_iters``, ``ot_tol``, ``ot_smooth``,
+        ``ot_reg``)."""
+        return cls(eps=cfg.ot_eps, max_iter=cfg.ot_iters, tol=cfg.ot_tol, smooth=cfg.ot_smooth, reduction=reduction,
+                   reg=cfg.ot_reg)
 
     def extra_repr(self) -> str:
         return (f"eps={self.eps}, max_iter={self.max_iter}, tol={self.tol}, smooth={self.smooth}, "
-                f"reduction={self.reduction!r}")
+                f"reduction={self.reduction!r}, reg={self.reg!r}")
 
     def forward(self, source_logits: Tensor, target_dist: Tensor, cost: Tensor) -> Tensor:
         if not isinstance(source_logits, Tensor) or source_logits.dim() != 2 or not source_logits.is_floating_point():
@@ -133,15 +159,19 @@ class WassersteinLoss(nn.Module):
                                  "from source_logits (B, Ks)")
             if self.smooth == 0:
                 self.last_result = None
-                tiny = torch.finfo(p.dtype).tiny
-                losses = onehot_transport_cost(p, target_dist, cost) + self.eps * (p * p.clamp_min(tiny).log()).sum(1)
+                losses = onehot_transport_cost(p, target_dist, cost)
+                if self.reg == "entropy":  # -eps H(P) with P = p e_j^T; under kl the two entropies cancel
+                    losses = losses - self.eps * entropy(p)
                 return self._reduce(losses)
             target_dist = F.one_hot(target_dist, cost.shape[1]).to(dtype)
         q = target_dist.to(torch.promote_types(dtype, target_dist.dtype))
-        result = sinkhorn(smooth_histogram(p, self.smooth), smooth_histogram(q, self.smooth), cost, self.eps,
-                          max_iter=self.max_iter, tol=self.tol)
+        p, q = smooth_histogram(p, self.smooth), smooth_histogram(q, self.smooth)
+        result = sinkhorn(p, q, cost, self.eps, max_iter=self.max_iter, tol=self.tol)
         self.last_result = result
-        return self._reduce(result.value)
+        value = result.value
+        if self.reg == "kl":
+            value = value + self.eps * (entropy(p) + entropy(q))
+        return self._reduce(value)
 
     def _reduce(self, losses: Tensor) -> Tensor:
         if self.reduction == "mean":
