@@ -38,6 +38,7 @@ from . import distributed as D
 from .checkpoint import (FORMAT, load_checkpoint, rng_state, save_checkpoint, seed_everything,
                          set_rng_state)
 from .evaluate import EvalResult, evaluate
+from .selection import check_validation, no_validation_result, selection_fields, selection_of
 from .logdir import (MetricsLog, best_checkpoint, check_free_space, clear_run, last_checkpoint, prepare_log_dir,
                      write_config, write_env, write_summary)
 
@@ -153,7 +154,7 @@ def make_feature_fn(parts: Parts, state: dict):
 
 #: The settings that decide which images (and pixels) a split holds: part of the feature-cache key.
 _DATA_KEYS = ("data", "root", "source_data", "source_root", "sample_rate", "num_samples_per_class",
-              "val_per_class", "source_per_class", "seed", "image_size", "transforms")
+              "val_per_class", "val_split", "source_per_class", "seed", "image_size", "transforms")
 
 
 def make_context(parts: Parts, state: dict):
@@ -217,15 +218,15 @@ def check_settings(cfg: Config) -> None:
 
 def _better(a: dict, b: Optional[dict]) -> bool:
     """Validation record ``a`` beats ``b``: higher top-1, then higher mean per-class accuracy."""
-    if b is None:
-        return True
+    if b is None or (math.isnan(_num(a["val_top1"], math.nan)) and math.isnan(_num(b["val_top1"], math.nan))):
+        return True  # the first epoch, or no validation (--val-split none): the later epoch is kept
     ka = (_num(a["val_top1"]), _num(a["val_mean_class_acc"]))
     kb = (_num(b["val_top1"]), _num(b["val_mean_class_acc"]))
     return ka > kb
 
 
-def _num(x: float) -> float:
-    return -1.0 if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+def _num(x: float, missing: float = -1.0) -> float:
+    return missing if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
 class _Bar:
@@ -306,9 +307,7 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
     D.barrier()
     parts = Parts(cfg=cfg, task=task, model=model, device=device, info=info, log_dir=log_dir,
                   eval_batch_size=max(64, 2 * cfg.batch_size))
-    if task.target_val is None or len(task.target_val) == 0:
-        raise UserError("the target validation split is empty; raise --val-per-class (model selection "
-                        "never uses the test set)")
+    check_validation(cfg, task)
     if method.uses_source and task.source_train is None:
         raise UserError(f"method '{cfg.method}' trains on source data but the task has none; "
                         f"give --source-data and --source-root, or use --method erm")
@@ -321,7 +320,7 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
                          target_batch_size=cfg.batch_size, seed=cfg.seed, rank=info.rank,
                          world_size=info.world_size, workers=cfg.workers,
                          use_source=method.uses_source, use_target=method.uses_target)
-    val_loader = _eval_loader(task.target_val, parts)
+    val_loader = _eval_loader(task.target_val, parts) if selection_of(cfg) != "last" else None
     state: dict[str, Any] = {"epoch": 0}
     ctx = make_context(parts, state)
     metrics = MetricsLog(log_dir)
@@ -423,7 +422,7 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
         epoch_lr = cfg.lr * group["lr"] / group.get("initial_lr", group["lr"])
         scheduler.step()
 
-        val = evaluate(net, val_loader, device, num_classes, amp=amp)
+        val = evaluate(net, val_loader, device, num_classes, amp=amp) if val_loader else no_validation_result()
         record = {"epoch": epoch + 1, "step": step,
                   "lr": epoch_lr,
                   **{f"train_{k}": _mean_over_ranks(v / max(counted, 1), device) for k, v in sums.items()},
@@ -527,6 +526,7 @@ def _finish(parts: Parts, method, best: Optional[dict], wall: float, skipped: in
         "wall_time_s": round(wall, 2),
         "test_per_class": result.as_dict("test", list(task.target_classes))["test_per_class"],
     }
+    summary.update(selection_fields(cfg, task))
     if is_main:
         artifacts = _save_artifacts(method, source_names, task.target_classes, log_dir)
         if ks:
