@@ -118,3 +118,17 @@ def test_embedded_default_names_its_recipe_and_explicit_backbones_use_offline_we
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "--pretrained PATH" in err and "--no-pretrained" in err
+
+
+def test_phase_analysis_draws_tsne_of_the_best_checkpoint(tmp_path):
+    from tiny_images import tiny_flags
+    from tllib_jtln.engine.run import train_from_flags
+
+    log = tmp_path / "run"
+    flags = tiny_flags(tmp_path / "data", log, method="joint", epochs=1, iters_per_epoch=2)
+    assert train_from_flags(flags) == 0
+    assert main(["train", "--phase", "analysis", "--log", str(log)]) == 0
+    assert (log / "tsne.png").stat().st_size > 0
+    result = json.loads((log / "analysis.json").read_text())
+    assert result["domains"] == ["source", "target"] and result["points"] == [24, 12]  # 6 x 4 source, 12 test
+    assert -2.0 <= result["a_distance"] <= 2.0
