@@ -6,9 +6,12 @@ A run's settings are resolved in this order, later ones winning:
 their flag spelling (``ot-weight``); an unknown key is a :class:`UserError` naming the closest
 known key.
 
-Flags follow TLlib's fine-tuning scripts (``-d``, ``-a``, ``-sr``, ``-b``, ``-i``, ``--epochs``,
-``--lr``, ``--lr-gamma``, ``--lr-decay-epochs``, ``--wd``, ``--momentum``, ``--finetune``,
-``--seed``, ``--log``, ``--phase``, ``--trade-off``) with TLlib's defaults.
+Flags follow TLlib's fine-tuning scripts (the positional dataset root, ``-d``, ``-a``, ``-sr``,
+``-sc``, ``-b``, ``-i``, ``--epochs``, ``--lr/--learning-rate``, ``--lr-gamma``,
+``--lr-decay-epochs``, ``--wd``, ``--momentum``, ``--finetune``, ``--seed``, ``--log``,
+``--phase``, ``--trade-off``, ``--pretrained PATH``, ``--train-resizing``, ``--val-resizing``,
+``--no-hflip``, ``--color-jitter``); where our defaults differ (``--finetune`` on, ``--seed 0``,
+selection on a validation split) the README's "Coming from TLlib" lists it.
 """
 from __future__ import annotations
 
@@ -39,7 +42,8 @@ class Config:
 
     # --- what to run
     method: str = _opt("jtln", "training method (tllib-jtln list methods)")
-    phase: str = _opt("train", "train, or test/analysis as TLlib", choices=("train", "test", "analysis"))
+    phase: str = _opt("train", "train; test: evaluate the best checkpoint of --log; analysis: t-SNE of its "
+                               "features (tsne.png) and the A-distance, as TLlib", choices=("train", "test", "analysis"))
     config: Optional[str] = _opt(None, "YAML recipe; flags given on the command line win")
 
     # --- target data

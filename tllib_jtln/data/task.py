@@ -153,7 +153,11 @@ def _outside_sampled_list(builder, cfg, sampled, common: dict, eval_tf, name: st
     if not hasattr(sampled, "samples"):
         raise UserError(f"--val-split rest: dataset {name} has no list files to take the rest from; "
                         f"use --val-split train")
-    full = builder(cfg.root, "train", sample_rate=100, **common)
+    try:
+        full = builder(cfg.root, "train", sample_rate=100, **common)
+    except UserError as exc:
+        raise UserError(f"--val-split rest takes validation images from train_100.txt outside "
+                        f"train_{cfg.sample_rate}.txt, which failed ({exc}); use --val-split train") from None
     keep = outside_list([path for path, _ in full.samples], full.targets, [path for path, _ in sampled.samples],
                         cfg.val_per_class, data_seed(cfg))
     return full.subset(keep, eval_tf) if len(keep) else None

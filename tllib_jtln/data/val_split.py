@@ -75,7 +75,7 @@ def outside_list(pool_keys: Sequence, pool_targets: Sequence[int], sampled_keys:
     key (image path) is not in ``sampled_keys``."""
     sampled = set(sampled_keys)
     outside = np.array([i for i, key in enumerate(pool_keys) if key not in sampled], dtype=np.int64)
-    if len(outside) == 0:
-        return outside
+    if len(outside) == 0 or val_per_class == 0:
+        return outside[:0]
     keep = cap_per_class(np.asarray(pool_targets, dtype=np.int64)[outside], val_per_class, seed, STREAM_VAL)
     return outside[keep]
