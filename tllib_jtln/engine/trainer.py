@@ -38,9 +38,9 @@ from . import distributed as D
 from .checkpoint import (FORMAT, load_checkpoint, rng_state, save_checkpoint, seed_everything,
                          set_rng_state)
 from .evaluate import EvalResult, evaluate
-from .selection import check_validation, no_validation_result, selection_fields, selection_of
 from .logdir import (MetricsLog, best_checkpoint, check_free_space, clear_run, last_checkpoint, prepare_log_dir,
                      write_config, write_env, write_summary)
+from .selection import check_validation, no_validation_result, selection_fields, selection_of
 
 
 def _say(is_main: bool, message: str) -> None:
@@ -422,7 +422,8 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
         epoch_lr = cfg.lr * group["lr"] / group.get("initial_lr", group["lr"])
         scheduler.step()
 
-        val = evaluate(net, val_loader, device, num_classes, amp=amp) if val_loader else no_validation_result()
+        val = evaluate(net, val_loader, device, num_classes, amp=amp) if val_loader is not None \
+            else no_validation_result()
         record = {"epoch": epoch + 1, "step": step,
                   "lr": epoch_lr,
                   **{f"train_{k}": _mean_over_ranks(v / max(counted, 1), device) for k, v in sums.items()},
