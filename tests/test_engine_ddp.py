@@ -1,4 +1,5 @@
-"""A 2-process DDP run (gloo, CPU) through torchrun, on the tiny generated task."""
+"""A 2-process DDP run (gloo, CPU) through torchrun and through `train --nproc-per-node 2`, on the
+tiny generated task."""
 import json
 import os
 import subprocess
@@ -10,14 +11,26 @@ import pytest
 from tiny_images import tiny_argv
 
 
-def test_two_process_gloo_run(tmp_path):
-    log = tmp_path / "ddp"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def _torchrun(tmp_path, log):
     # `--` ends torchrun's own options: otherwise argparse rejects `--log` as an ambiguous
     # abbreviation of torchrun's --log-dir/--log-line-prefix-template/...
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "tllib_jtln", "--", "train", *tiny_argv(tmp_path / "data", log, method="jtln")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def torchrun_run(tmp_path_factory):
+    """One torchrun run shared by the tests below: (its folder, its data root, the process result)."""
+    tmp_path = tmp_path_factory.mktemp("ddp")
+    return tmp_path, tmp_path / "ddp", _torchrun(tmp_path, tmp_path / "ddp")
+
+
+def test_two_process_gloo_run(torchrun_run):
+    _, log, out = torchrun_run
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((log / "summary.json").read_text())
     assert summary["world_size"] == 2
@@ -29,3 +42,22 @@ def test_two_process_gloo_run(tmp_path):
     assert (log / "checkpoints" / "best.pt").is_file() and (log / "transport.png").is_file()
     cost = np.load(log / "cost.npy")
     assert cost.shape == (4, 3) and np.isfinite(cost).all()
+
+
+def test_nproc_per_node_flag_matches_torchrun(torchrun_run):
+    """The single-process command plus `--nproc-per-node 2` gives what torchrun gives."""
+    tmp_path, via_torchrun, first = torchrun_run
+    via_flag = tmp_path / "flag"
+    assert first.returncode == 0, first.stderr[-3000:]
+    cmd = [sys.executable, "-m", "tllib_jtln", "train", *tiny_argv(tmp_path / "data", via_flag, method="jtln"),
+           "--nproc-per-node", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=ENV)
+    assert out.returncode == 0, out.stderr[-3000:]
+    a = json.loads((via_torchrun / "summary.json").read_text())
+    b = json.loads((via_flag / "summary.json").read_text())
+    assert b["world_size"] == 2
+    assert set(a) == set(b)
+    for key in a:
+        if key != "wall_time_s":
+            assert a[key] == b[key], key
+    assert out.stdout.count("best epoch") == 1 and out.stdout.count("recipe:") == 1

@@ -72,3 +72,26 @@ def tiny_argv(data_root: Path, log: Path, **extra) -> list[str]:
         else:
             argv += [flag, str(value)]
     return argv
+
+
+#: TLlib's sample rates and the per-class image counts of the miniature root (CUB200 has about 30
+#: training images per class; 20 keeps the root small and -sr 15 at 3 images per class, as CUB's 4-5)
+TLLIB_RATES = {100: 20, 50: 10, 30: 6, 15: 3}
+
+
+def make_tllib_root(root: Path, test_per_class: int = 4) -> Path:
+    """A miniature dataset in TLlib's layout: ``image_list/train_{100,50,30,15}.txt`` (nested, as
+    TLlib's: each list keeps the first images of the larger one) and ``test.txt``, over the 3
+    target classes; ``TLLIB_RATES[sr]`` training images per class at each sample rate."""
+    root = Path(root)
+    lists = root / "image_list"
+    if (lists / "test.txt").is_file():
+        return root
+    _write(root, TARGET_CLASSES, {"train": TLLIB_RATES[100], "test": test_per_class}, seed=3, shift=1)
+    lists.mkdir(parents=True, exist_ok=True)
+    for sr, n in TLLIB_RATES.items():
+        lines = [f"train/{name}/{i:03d}.png {c}" for c, name in enumerate(TARGET_CLASSES) for i in range(n)]
+        (lists / f"train_{sr}.txt").write_text("\n".join(lines) + "\n")
+    lines = [f"test/{name}/{i:03d}.png {c}" for c, name in enumerate(TARGET_CLASSES) for i in range(test_per_class)]
+    (lists / "test.txt").write_text("\n".join(lines) + "\n")
+    return root

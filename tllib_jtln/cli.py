@@ -6,6 +6,7 @@ Bad input ends in one line on stderr and exit status 2, never a traceback. Heavy
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -47,6 +48,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    nproc = getattr(args, "nproc_per_node", None)
+    if nproc is not None and nproc > 1 and "LOCAL_RANK" not in os.environ:
+        from .engine.launch import launch_workers
+        return launch_workers(nproc, args.argv)
+    if nproc is not None and os.environ.get("LOCAL_WORLD_SIZE", str(nproc)) != str(nproc):
+        raise UserError(f"--nproc-per-node {nproc} under a launcher that started {os.environ['LOCAL_WORLD_SIZE']} "
+                        f"processes per node; give one of them")
     from .engine.run import train_from_flags
     return train_from_flags(_given(args))
 
@@ -69,24 +77,42 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _given(args: argparse.Namespace) -> dict:
-    """The Config fields the user actually gave (flags are SUPPRESSed by default)."""
-    skip = {"command", "func"}
-    return {k: v for k, v in vars(args).items() if k not in skip}
+    """The Config fields the user actually gave (flags are SUPPRESSed by default).
+
+    TLlib's positional dataset root (``train data/cub200 -d CUB200``) becomes ``root``."""
+    skip = {"command", "func", "nproc_per_node", "argv", "root_positional"}
+    given = {k: v for k, v in vars(args).items() if k not in skip}
+    positional = getattr(args, "root_positional", None)
+    if positional is not None:
+        if given.get("root") not in (None, positional):
+            raise UserError(f"the dataset root is given twice ({positional} and --root {given['root']}); give one")
+        given["root"] = positional
+    return given
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Config flags plus TLlib's positional dataset root."""
+    from .config import add_arguments
+
+    parser.add_argument("root_positional", nargs="?", default=argparse.SUPPRESS, metavar="ROOT",
+                        help="dataset root folder, as TLlib's scripts take it (= --root ROOT)")
+    add_arguments(parser)
 
 
 def build_parser() -> OneLineParser:
-    from .config import add_arguments
-
     parser = OneLineParser(prog=PROG, description="Joint Transfer Learning Network (JTLN) and its baselines.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{train,test,list,data,bench}", parser_class=OneLineParser)
 
     train = sub.add_parser("train", help="train a method (default: jtln on the embedded Fashion-MNIST task)")
-    add_arguments(train)
+    _add_run_arguments(train)
+    train.add_argument("--nproc-per-node", "--nproc_per_node", type=int, default=None, metavar="N",
+                       help="run N DistributedDataParallel processes on this machine through PyTorch's launcher "
+                            "(torch.distributed.run), as `torchrun --standalone --nproc-per-node N` would")
     train.set_defaults(func=cmd_train)
 
     test = sub.add_parser("test", help="evaluate the best checkpoint of a finished run (--log DIR)")
-    add_arguments(test)
+    _add_run_arguments(test)
     test.set_defaults(func=cmd_test)
 
     lst = sub.add_parser("list", help="show registered methods, datasets, archs or costs")
@@ -115,6 +141,7 @@ def build_parser() -> OneLineParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
         parser.error("choose a command: train, test, list, data or bench")

@@ -6,9 +6,12 @@ A run's settings are resolved in this order, later ones winning:
 their flag spelling (``ot-weight``); an unknown key is a :class:`UserError` naming the closest
 known key.
 
-Flags follow TLlib's fine-tuning scripts (``-d``, ``-a``, ``-sr``, ``-b``, ``-i``, ``--epochs``,
-``--lr``, ``--lr-gamma``, ``--lr-decay-epochs``, ``--wd``, ``--momentum``, ``--finetune``,
-``--seed``, ``--log``, ``--phase``, ``--trade-off``) with TLlib's defaults.
+Flags follow TLlib's fine-tuning scripts (the positional dataset root, ``-d``, ``-a``, ``-sr``,
+``-sc``, ``-b``, ``-i``, ``--epochs``, ``--lr/--learning-rate``, ``--lr-gamma``,
+``--lr-decay-epochs``, ``--wd``, ``--momentum``, ``--finetune``, ``--seed``, ``--log``,
+``--phase``, ``--trade-off``, ``--pretrained PATH``, ``--train-resizing``, ``--val-resizing``,
+``--no-hflip``, ``--color-jitter``); where our defaults differ (``--finetune`` on, ``--seed 0``,
+selection on a validation split) the README's "Coming from TLlib" lists it.
 """
 from __future__ import annotations
 
@@ -26,8 +29,8 @@ from .errors import UserError
 
 
 def _opt(default: Any, help: str, flags: tuple[str, ...] = (), choices: tuple | None = None,
-         nargs: str | None = None) -> Any:
-    meta = {"help": help, "flags": flags, "choices": choices, "nargs": nargs}
+         nargs: str | None = None, path_value: bool = False) -> Any:
+    meta = {"help": help, "flags": flags, "choices": choices, "nargs": nargs, "path_value": path_value}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -39,7 +42,8 @@ class Config:
 
     # --- what to run
     method: str = _opt("jtln", "training method (tllib-jtln list methods)")
-    phase: str = _opt("train", "train, or test/analysis as TLlib", choices=("train", "test", "analysis"))
+    phase: str = _opt("train", "train; test: evaluate the best checkpoint of --log; analysis: t-SNE of its "
+                               "features (tsne.png) and the A-distance, as TLlib", choices=("train", "test", "analysis"))
     config: Optional[str] = _opt(None, "YAML recipe; flags given on the command line win")
 
     # --- target data
@@ -50,8 +54,13 @@ class Config:
                             flags=("-sr", "--sample-rate"))
     num_samples_per_class: Optional[int] = _opt(None, "draw K labelled target images per class (seeded); "
                                                       "the embedded task defaults to 10",
-                                                flags=("-K", "--num-samples-per-class"))
-    val_per_class: int = _opt(20, "target validation images per class, carved (seeded) from the training pool")
+                                                flags=("-K", "--num-samples-per-class", "-sc",
+                                                       "--num-samples-per-classes"))
+    val_per_class: int = _opt(20, "target validation images per class (seeded), from where --val-split says")
+    val_split: str = _opt("auto", "where validation images come from: rest (training pool outside the "
+                                  "training set; default with -sr < 100 or -K), train (carved from the training "
+                                  "set; default at -sr 100), test (TLlib's protocol: selects on the test set), "
+                                  "none (keep the last epoch)", choices=("auto", "rest", "train", "test", "none"))
     # --- source data
     source_data: Optional[str] = _opt(None, "source dataset for the source head (the embedded task brings its own; "
                                                  "none: no source images)")
@@ -62,6 +71,13 @@ class Config:
     transforms: str = _opt("auto", "tllib: RandomResizedCrop/Resize+CenterCrop; timm: the backbone's data config; "
                                    "small: pad-crop+flip for small images; auto picks by dataset",
                            choices=("auto", "tllib", "timm", "small"))
+    train_resizing: str = _opt("default", "TLlib's train resizing (--transforms tllib): default (RandomResizedCrop, "
+                                          "scale 0.2-1), res., res.|crop, res.sma|crop, inc.crop, cif.crop",
+                               choices=("default", "res.", "res.|crop", "res.sma|crop", "inc.crop", "cif.crop"))
+    val_resizing: str = _opt("default", "TLlib's eval resizing (--transforms tllib): default (Resize + CenterCrop), "
+                                        "res., res.|crop", choices=("default", "res.", "res.|crop"))
+    hflip: bool = _opt(True, "random horizontal flip in training (--no-hflip: TLlib's flag)")
+    color_jitter: bool = _opt(False, "TLlib's ColorJitter(0.5, 0.5, 0.5, 0.5) in training (--transforms tllib)")
     workers: int = _opt(2, "data loading workers per process", flags=("-j", "--workers"))
     skip_bad_images: bool = _opt(False, "skip unreadable images (and report how many) instead of stopping")
     download: bool = _opt(False, "allow downloading a dataset that is missing")
@@ -69,7 +85,9 @@ class Config:
     # --- model
     arch: str = _opt("resnet50", "backbone: any timm model, torchvision's alexnet, or smallcnn",
                      flags=("-a", "--arch"))
-    pretrained: bool = _opt(True, "start from pretrained weights (--no-pretrained: random init)")
+    pretrained: bool = _opt(True, "start from pretrained weights; --pretrained PATH: from that weights file "
+                                  "(TLlib's form, = --pretrained-file PATH); --no-pretrained: random init",
+                            path_value=True)
     pretrained_file: Optional[str] = _opt(None, "local weights file (.safetensors or .pth) for the backbone")
     bottleneck_dim: Optional[int] = _opt(None, "optional bottleneck width between trunk and heads")
     finetune: bool = _opt(True, "backbone at 0.1x the heads' learning rate (TLlib's --finetune)")
@@ -80,7 +98,8 @@ class Config:
     source_batch_size: Optional[int] = _opt(None, "source mini-batch size; default: --batch-size")
     iters_per_epoch: int = _opt(500, "iterations per epoch", flags=("-i", "--iters-per-epoch"))
     epochs: int = _opt(20, "number of epochs")
-    lr: float = _opt(0.01, "base learning rate (heads); backbone 0.1x under --finetune")
+    lr: float = _opt(0.01, "base learning rate (heads); backbone 0.1x under --finetune",
+                     flags=("--lr", "--learning-rate"))
     lr_gamma: float = _opt(0.1, "learning-rate decay factor")
     lr_decay_epochs: list = _opt([12], "epochs at which the learning rate decays", nargs="+")
     momentum: float = _opt(0.9, "SGD (Nesterov) momentum")
@@ -92,7 +111,8 @@ class Config:
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
 
     # --- methods
-    trade_off: float = _opt(2.3, "co_tuning: weight of the source-head soft-label loss")
+    trade_off: float = _opt(2.3, "weight of the method's regulariser: co_tuning's soft-label loss (TLlib's 2.3), "
+                                 "jtln's OT term (= --ot-weight)")
     source_head_lr: float = _opt(0.0, "source-free jtln: source-head learning rate multiplier (0: frozen)")
 
     # --- JTLN (see the spec: docs/method.md)
@@ -152,6 +172,8 @@ class Config:
                 close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise UserError(f"{source}: unknown setting '{raw_key}'{hint}")
+            if key == "pretrained" and isinstance(value, str):  # TLlib's `--pretrained PATH`
+                self.pretrained_file, value = value, True
             setattr(self, key, _coerce(key, value, source))
         return self
 
@@ -244,6 +266,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             flags = (*flags, flag)
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"]}
         base = f.type.removeprefix("Optional[").removesuffix("]")
+        if meta.get("path_value"):  # `--pretrained` (True), `--pretrained PATH` (a file), `--no-pretrained`
+            parser.add_argument(*flags, nargs="?", const=True, metavar="PATH", **kw)
+            parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
+                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+            continue
         if base == "bool":
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
             continue

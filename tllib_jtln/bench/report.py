@@ -1,7 +1,9 @@
 """Tables from a suite's runs: mean +- std over seeds, and paired differences.
 
 Numbers come only from each run's ``summary.json`` (the test accuracy of the epoch chosen on
-the target validation split). ``std`` is the sample standard deviation over seeds (ddof = 1);
+the target validation split). A cell holding a run whose epoch was chosen on the test set
+(``selected_on: test``, TLlib's protocol under ``--val-split test``) is marked with
+:data:`TEST_SELECTED`, and every table containing one says so below it. ``std`` is the sample standard deviation over seeds (ddof = 1);
 a cell with fewer finished seeds than the suite asks for shows how many it has, e.g. ``(2/3)``.
 A paired difference ``a - b`` is computed per seed (same data, same seed) and then averaged.
 """
@@ -27,7 +29,7 @@ def collect_results(suite: dict, runs: list, out_dir: Path) -> list[dict]:
             summary = json.loads(summary_path.read_text())
             record.update({k: summary.get(k) for k in
                            ("test_top1", "test_mean_class_acc", "val_top1", "val_mean_class_acc",
-                            "best_epoch", "wall_time_s", "images_seen", "switches")})
+                            "best_epoch", "wall_time_s", "images_seen", "switches", "selected_on")})
         records.append(record)
     return records
 
@@ -48,6 +50,15 @@ def _cell(values: list[float], expected: int) -> str:
     return f"{mean:.1f} ± {std:.1f}{count}"
 
 
+TEST_SELECTED = "†"
+TEST_SELECTED_NOTE = (f"{TEST_SELECTED} epoch chosen on the test set (--val-split test, TLlib's protocol): "
+                      f"not comparable with validation-selected cells")
+
+
+def _test_selected(records: list[dict], row: str, setting: str) -> bool:
+    return any(r["row"] == row and r["setting"] == setting and r.get("selected_on") == "test" for r in records)
+
+
 def _values(records: list[dict], row: str, setting: str, metric: str) -> dict[int, float]:
     return {r["seed"]: r[metric] for r in records
             if r["row"] == row and r["setting"] == setting and r["finished"] and r.get(metric) is not None}
@@ -57,8 +68,11 @@ def render_table(suite: dict, records: list[dict], metric: str) -> str:
     settings, rows, expected = list(suite["settings"]), list(suite["methods"]), len(suite["seeds"])
     lines = ["| method | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
     for row in rows:
-        cells = [_cell(list(_values(records, row, s, metric).values()), expected) for s in settings]
+        cells = [_cell(list(_values(records, row, s, metric).values()), expected)
+                 + (f" {TEST_SELECTED}" if _test_selected(records, row, s) else "") for s in settings]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    if any(r.get("selected_on") == "test" for r in records):
+        lines.append(f"\n{TEST_SELECTED_NOTE}")
     return "\n".join(lines)
 
 
@@ -97,9 +111,19 @@ def render_pairs(suite: dict, records: list[dict], metric: str = "test_top1") ->
             diffs = [va[k] - vb[k] for k in seeds]
             mean, std = mean_std(diffs)
             wins = sum(d > 0 for d in diffs)
-            cells.append(f"{mean:+.1f} ± {std:.1f} ({wins}/{len(seeds)} wins)")
+            flag = f" {TEST_SELECTED}" if _test_selected(records, a, s) or _test_selected(records, b, s) else ""
+            cells.append(f"{mean:+.1f} ± {std:.1f} ({wins}/{len(seeds)} wins){flag}")
         lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
+    if any(r.get("selected_on") == "test" for r in records):
+        lines.append(f"\n{TEST_SELECTED_NOTE}")
     return "\n".join(lines)
+
+
+def _selection_sentence(records: list[dict]) -> str:
+    chosen = sorted({r.get("selected_on") or "val" for r in records if r["finished"]})
+    words = {"val": "the target validation split", "test": f"the TEST set ({TEST_SELECTED})",
+             "last": "none (last epoch kept)"}
+    return "Epoch chosen on " + (", ".join(words[c] for c in chosen) if chosen else words["val"]) + "."
 
 
 def write_report(suite: dict, records: list[dict], out_dir: Path, suite_file: str) -> Path:
@@ -111,7 +135,7 @@ def write_report(suite: dict, records: list[dict], out_dir: Path, suite_file: st
     parts = [f"### {suite['name']}: target test accuracy (%), mean ± std over seeds {suite['seeds']}",
              f"Command: `tllib-jtln bench --suite {suite_file}`. Machine: {platform.machine()}, "
              f"{platform.processor() or 'cpu'}; {time.strftime('%Y-%m-%d')}. "
-             f"Runs finished: {finished}/{len(records)}. Epoch chosen on the target validation split."]
+             f"Runs finished: {finished}/{len(records)}. {_selection_sentence(records)}"]
     for metric, title in METRICS:
         parts += [f"\n**{title}**\n", render_table(suite, records, metric)]
     parts += ["\n**images seen per stream (source + target) by each run**\n", render_budgets(suite, records)]

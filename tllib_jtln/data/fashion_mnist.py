@@ -5,7 +5,9 @@ T-shirt/top (0), Trouser (1), Coat (4), Sandal (5), Bag (8), relabelled 0..4 in 
 Target classes: Pullover (2), Dress (3), Shirt (6), Sneaker (7), Ankle boot (9), relabelled
 0..4 in that order: ``K = --num-samples-per-class`` (default 10) seeded labelled training images
 per class, ``--val-per-class`` seeded validation images per class from the rest of the target
-training pool, and the official test images of the five target classes (1000 each) as test set.
+training pool (``--val-split rest``, the default; ``train`` carves it from the K images instead,
+``test`` selects on the test set, ``none`` keeps the last epoch), and the official test images of
+the five target classes (1000 each) as test set.
 
 Sizes with the defaults (K = 10, 20 validation images per class): source 30000, target train
 50, target val 100, target test 5000.
@@ -30,7 +32,8 @@ import torch
 
 from ..errors import UserError
 from .memory import TensorImages
-from .sampling import STREAM_SOURCE, STREAM_TARGET, cap_per_class, data_seed, split_per_class
+from .sampling import STREAM_SOURCE, cap_per_class, data_seed
+from .val_split import resolve_val_split, split_pool
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
            "Ankle boot")
@@ -167,11 +170,15 @@ def build_fashion_mnist_task(cfg, train_transform: Callable, eval_transform: Cal
 
     t_images, t_labels = _relabelled(train_images, train_labels, TARGET_LABELS)
     pool = TensorImages(t_images, t_labels, target_classes)
-    train_idx, val_idx = split_per_class(t_labels.numpy(), k, cfg.val_per_class, data_seed(cfg), STREAM_TARGET)
+    choice = resolve_val_split(cfg, embedded=True)
+    train_idx, val_idx = split_pool(t_labels.numpy(), choice, k, cfg.val_per_class, data_seed(cfg))
     target_train = pool.subset(train_idx, train_transform)
-    target_val = pool.subset(val_idx, eval_transform) if len(val_idx) else None
     x_test, y_test = _relabelled(test_images, test_labels, TARGET_LABELS)
     target_test = TensorImages(x_test, y_test, target_classes, eval_transform)
+    if choice == "test":
+        target_val = target_test
+    else:
+        target_val = pool.subset(val_idx, eval_transform) if val_idx is not None and len(val_idx) else None
     return TransferTask(name="FashionMNIST", target_train=target_train, target_val=target_val,
                         target_test=target_test, target_classes=target_classes, source_train=source,
                         source_classes=source_classes, in_chans=1, image_size=image_size,

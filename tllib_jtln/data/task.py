@@ -5,15 +5,17 @@
 - no ``-d`` (or ``-d FashionMNIST``): the embedded Fashion-MNIST task
   (:mod:`tllib_jtln.data.fashion_mnist`), which brings its own source set
   (``--source-data none``: its target classes alone, for source-free runs with a pretrained head);
-- ``-d NAME --root DIR``: target train = ``image_list/train_{sr}.txt``, target test =
-  ``image_list/test.txt`` (or the dataset's native files). With ``-K`` the target training set
-  is ``K`` seeded images per class and the validation set ``--val-per-class`` seeded images per
-  class from the rest of the pool; without ``-K`` the validation set is carved from the pool
-  (at most half of each class) and the rest trains. Model selection never sees the test set.
+- ``-d NAME --root DIR``: target train = ``image_list/train_{sr}.txt`` (or, with ``-K``, ``K``
+  seeded images per class of it), target test = ``image_list/test.txt`` (or the dataset's native
+  files). The validation split follows ``--val-split`` (:mod:`tllib_jtln.data.val_split`): by
+  default (``rest``) ``--val-per-class`` seeded images per class from the training pool outside
+  the training set, or, at ``-sr 100`` without ``-K`` (``train``), carved from the list itself
+  (at most half of each class).
 - ``--source-data NAME --source-root DIR``: the source set (its training split at -sr 100),
   capped at ``--source-per-class`` seeded images per class when given.
 
-``target_val`` is None when ``--val-per-class 0`` (or no class has images to spare).
+``target_val`` is None under ``--val-split none``, with ``--val-per-class 0`` or when no class has
+images to spare; under ``--val-split test`` it is the test set.
 """
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ from typing import Callable, Optional
 from torch.utils.data import Dataset
 
 from ..errors import UserError
-from .sampling import STREAM_SOURCE, STREAM_TARGET, cap_per_class, data_seed, split_per_class
-from .transforms import build_transforms, embedded_transforms
+from .sampling import STREAM_SOURCE, cap_per_class, data_seed
+from .val_split import outside_list, resolve_val_split, split_pool
+from .transforms import build_transforms, check_tllib_options, embedded_transforms, tllib_options
 
 
 @dataclass
@@ -97,6 +100,7 @@ def build_task(cfg, data_config: Optional[dict] = None) -> TransferTask:
             raise UserError("--source-data: the embedded Fashion-MNIST task brings its own source classes; "
                             "give -d/--data with --root to use another source set, or --source-data none "
                             "for its target classes alone (source-free, with a pretrained head)")
+        check_tllib_options(tllib_options(cfg), "embedded (1-channel Fashion-MNIST)")
         train_tf, eval_tf, size = embedded_transforms(cfg.transforms, cfg.image_size, data_config)
         task = build_fashion_mnist_task(cfg, train_tf, eval_tf, size)
         return dataclasses.replace(task, source_train=None, source_classes=None) if no_source else task
@@ -104,18 +108,24 @@ def build_task(cfg, data_config: Optional[dict] = None) -> TransferTask:
     name = canonical_name(cfg.data)
     builder = DATASETS.get(name)
     kind = "tllib" if cfg.transforms == "auto" else cfg.transforms
-    train_tf, eval_tf, size = build_transforms(kind, cfg.image_size, data_config)
+    train_tf, eval_tf, size = build_transforms(kind, cfg.image_size, data_config, tllib_options(cfg))
     common = dict(download=cfg.download, skip_bad_images=cfg.skip_bad_images)
     pool = builder(cfg.root, "train", sample_rate=cfg.sample_rate, **common)
     test = builder(cfg.root, "test", sample_rate=100, transform=eval_tf, **common)
     if cfg.num_samples_per_class is not None and cfg.num_samples_per_class < 1:
         raise UserError(f"--num-samples-per-class must be >= 1, got {cfg.num_samples_per_class}")
-    train_idx, val_idx = split_per_class(pool.targets, cfg.num_samples_per_class, cfg.val_per_class, data_seed(cfg),
-                                         STREAM_TARGET)
+    choice = resolve_val_split(cfg)
+    train_idx, val_idx = split_pool(pool.targets, choice, cfg.num_samples_per_class, cfg.val_per_class,
+                                    data_seed(cfg))
     if len(train_idx) == 0:
         raise UserError(f"dataset {name}: no training images left after the validation carve")
     target_train = pool.subset(train_idx, train_tf)
-    target_val = pool.subset(val_idx, eval_tf) if len(val_idx) else None
+    if choice == "rest" and cfg.num_samples_per_class is None:
+        target_val = _outside_sampled_list(builder, cfg, pool, common, eval_tf, name)
+    elif choice == "test":
+        target_val = test
+    else:
+        target_val = pool.subset(val_idx, eval_tf) if val_idx is not None and len(val_idx) else None
 
     source, source_classes = None, None
     if cfg.source_data is not None:
@@ -132,3 +142,22 @@ def build_task(cfg, data_config: Optional[dict] = None) -> TransferTask:
     return TransferTask(name=name, target_train=target_train, target_val=target_val, target_test=test,
                         target_classes=list(pool.classes), source_train=source, source_classes=source_classes,
                         in_chans=3, image_size=size, eval_transform=eval_tf)
+
+
+def _outside_sampled_list(builder, cfg, sampled, common: dict, eval_tf, name: str):
+    """``--val-split rest`` at ``-sr < 100``: ``--val-per-class`` seeded images per class from
+    ``train_100.txt`` minus ``train_{sr}.txt`` (None when ``--val-per-class 0``)."""
+    if cfg.sample_rate >= 100:
+        raise UserError("--val-split rest at -sr 100 leaves no training images outside the list; use "
+                        "--val-split train (carve from it), test (TLlib's protocol) or none, or -K")
+    if not hasattr(sampled, "samples"):
+        raise UserError(f"--val-split rest: dataset {name} has no list files to take the rest from; "
+                        f"use --val-split train")
+    try:
+        full = builder(cfg.root, "train", sample_rate=100, **common)
+    except UserError as exc:
+        raise UserError(f"--val-split rest takes validation images from train_100.txt outside "
+                        f"train_{cfg.sample_rate}.txt, which failed ({exc}); use --val-split train") from None
+    keep = outside_list([path for path, _ in full.samples], full.targets, [path for path, _ in sampled.samples],
+                        cfg.val_per_class, data_seed(cfg))
+    return full.subset(keep, eval_tf) if len(keep) else None

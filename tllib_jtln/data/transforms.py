@@ -2,9 +2,11 @@
 
 ``--transforms``:
 
-- ``tllib``: train ``RandomResizedCrop(S) + RandomHorizontalFlip + ToTensor + Normalize``;
-  eval ``Resize(round(S * 256 / 224)) + CenterCrop(S) + ToTensor + Normalize`` with ImageNet's
-  mean and std; ``S = --image-size`` (224 by default, TLlib's 256/224 ratio).
+- ``tllib``: TLlib's ``get_train_transform``/``get_val_transform``: by default train
+  ``RandomResizedCrop(S, scale=(0.2, 1)) + RandomHorizontalFlip + ToTensor + Normalize``; eval
+  ``Resize(round(S * 256 / 224)) + CenterCrop(S) + ToTensor + Normalize`` with ImageNet's mean
+  and std; ``S = --image-size`` (224 by default, TLlib's 256/224 ratio); ``--train-resizing``,
+  ``--val-resizing``, ``--no-hflip``, ``--color-jitter`` as TLlib's (see :func:`tllib_transforms`).
 - ``timm``: ``timm.data.create_transform(**data_config, is_training=...)`` with the backbone's
   resolved data config (input size, interpolation, crop_pct, mean, std); ``--image-size``
   overrides the input size.
@@ -32,15 +34,68 @@ FASHION_MNIST_MEAN = 0.2860  # training-set pixel mean of Fashion-MNIST in [0, 1
 FASHION_MNIST_STD = 0.3530
 
 
-def tllib_transforms(image_size: int = 224) -> tuple[Callable, Callable]:
-    """TLlib's fine-tuning transforms at crop size ``image_size`` -> (train, eval)."""
+TRAIN_RESIZING = ("default", "res.", "res.|crop", "res.sma|crop", "inc.crop", "cif.crop")
+VAL_RESIZING = ("default", "res.", "res.|crop")
+
+
+def tllib_transforms(image_size: int = 224, train_resizing: str = "default", val_resizing: str = "default",
+                     hflip: bool = True, color_jitter: bool = False) -> tuple[Callable, Callable]:
+    """TLlib's fine-tuning transforms (``get_train_transform`` / ``get_val_transform`` of its
+    task-adaptation examples) at crop size ``S = image_size`` -> (train, eval).
+
+    With ``L = round(S * 256 / 224)`` (256 at S = 224) and ``P = round(S * 28 / 224)``, train
+    resizing: ``default`` RandomResizedCrop(S, scale=(0.2, 1)); ``res.`` Resize((S, S));
+    ``res.|crop`` Resize((L, L)) + RandomCrop(S); ``res.sma|crop`` Resize(L) + RandomCrop(S);
+    ``inc.crop`` RandomResizedCrop(S); ``cif.crop`` Resize((S, S)) + Pad(P) + RandomCrop(S); then
+    RandomHorizontalFlip (``hflip``), ColorJitter(0.5, 0.5, 0.5, 0.5) (``color_jitter``). Eval
+    resizing: ``default`` Resize(L) + CenterCrop(S); ``res.`` Resize((S, S)); ``res.|crop``
+    Resize((L, L)) + CenterCrop(S). Both end in ToTensor + ImageNet Normalize.
+    """
     import torchvision.transforms as T
 
-    normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
-    resize = int(round(image_size * 256 / 224))
-    test = T.Compose([T.Resize(resize), T.CenterCrop(image_size), T.ToTensor(), normalize])
-    return train, test
+    s, large, pad = image_size, int(round(image_size * 256 / 224)), max(1, int(round(image_size * 28 / 224)))
+    train_steps = {
+        "default": [T.RandomResizedCrop(s, scale=(0.2, 1.0))],
+        "res.": [T.Resize((s, s))],
+        "res.|crop": [T.Resize((large, large)), T.RandomCrop(s)],
+        "res.sma|crop": [T.Resize(large), T.RandomCrop(s)],
+        "inc.crop": [T.RandomResizedCrop(s)],
+        "cif.crop": [T.Resize((s, s)), T.Pad(pad), T.RandomCrop(s)],
+    }
+    eval_steps = {
+        "default": [T.Resize(large), T.CenterCrop(s)],
+        "res.": [T.Resize((s, s))],
+        "res.|crop": [T.Resize((large, large)), T.CenterCrop(s)],
+    }
+    if train_resizing not in train_steps:
+        raise UserError(f"--train-resizing must be one of {', '.join(TRAIN_RESIZING)}, got {train_resizing!r}")
+    if val_resizing not in eval_steps:
+        raise UserError(f"--val-resizing must be one of {', '.join(VAL_RESIZING)}, got {val_resizing!r}")
+    normalize = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    train = list(train_steps[train_resizing])
+    if hflip:
+        train.append(T.RandomHorizontalFlip())
+    if color_jitter:
+        train.append(T.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.5))
+    return T.Compose(train + normalize), T.Compose(eval_steps[val_resizing] + normalize)
+
+
+def tllib_options(cfg) -> dict:
+    """The ``tllib_transforms`` keywords of ``cfg`` (``--train-resizing``, ``--val-resizing``,
+    ``--hflip``, ``--color-jitter``)."""
+    return {"train_resizing": cfg.train_resizing, "val_resizing": cfg.val_resizing, "hflip": cfg.hflip,
+            "color_jitter": cfg.color_jitter}
+
+
+def check_tllib_options(options: dict, kind: str) -> None:
+    """TLlib's transform options mean something only under ``--transforms tllib`` (one-line UserError)."""
+    changed = [name for name, default in (("train_resizing", "default"), ("val_resizing", "default"),
+                                          ("hflip", True), ("color_jitter", False))
+               if options.get(name, default) != default]
+    if changed and kind != "tllib":
+        flags = ", ".join("--no-hflip" if n == "hflip" else "--" + n.replace("_", "-") for n in changed)
+        raise UserError(f"{flags}: TLlib's transform options apply to --transforms tllib (RGB datasets given "
+                        f"with -d), not to --transforms {kind}; drop them or use --transforms tllib")
 
 
 def timm_transforms(data_config: Optional[dict], image_size: Optional[int] = None) -> tuple[Callable, Callable]:
@@ -69,18 +124,22 @@ def small_transforms(image_size: int) -> tuple[Callable, Callable]:
     return train, test
 
 
-def build_transforms(kind: str, image_size: Optional[int], data_config: Optional[dict] = None
-                     ) -> tuple[Callable, Callable, int]:
-    """Resolve ``--transforms`` for an RGB image dataset -> (train, eval, image_size)."""
+def build_transforms(kind: str, image_size: Optional[int], data_config: Optional[dict] = None,
+                     tllib: Optional[dict] = None) -> tuple[Callable, Callable, int]:
+    """Resolve ``--transforms`` for an RGB image dataset -> (train, eval, image_size).
+
+    ``tllib``: keywords of :func:`tllib_transforms` (see :func:`tllib_options`)."""
     if kind == "auto":
         kind = "tllib"
+    tllib = tllib or {}
+    check_tllib_options(tllib, kind)
     if kind == "timm":
         train, test = timm_transforms(data_config, image_size)
         size = image_size or int(data_config["input_size"][-1])
         return train, test, int(size)
     size = int(image_size or 224)
     if kind == "tllib":
-        return (*tllib_transforms(size), size)
+        return (*tllib_transforms(size, **tllib), size)
     if kind == "small":
         return (*small_transforms(size), size)
     raise UserError(f"--transforms: unknown choice '{kind}' (auto, tllib, timm, small)")

@@ -22,6 +22,9 @@ from pathlib import Path
 
 from ..config import Config, resolve
 from ..errors import UserError
+from ..data.task import is_embedded
+from ..data.val_split import resolve_val_split
+from ..flag_rules import apply_method_flags
 
 #: The recipe of the embedded Fashion-MNIST task (also in ``configs/fashion_mnist.yaml``): a
 #: from-scratch small CNN at 28 px that trains, validates every epoch and tests on a 2-core CPU
@@ -47,7 +50,8 @@ EMBEDDED_RECIPE: dict = {
 
 #: Settings that define what a checkpoint means: ``--resume`` refuses to change them.
 IDENTITY_FIELDS = ("method", "data", "source_data", "arch", "pretrained", "bottleneck_dim", "image_size",
-                   "num_samples_per_class", "val_per_class", "source_per_class", "sample_rate", "seed", "data_seed",
+                   "num_samples_per_class", "val_per_class", "val_split", "source_per_class", "sample_rate", "seed",
+                   "data_seed",
                    "batch_size", "source_batch_size", "iters_per_epoch", "cost")
 
 #: Hidden, for tests: stop cleanly after this many epochs (as if the run had been killed then).
@@ -55,11 +59,63 @@ STOP_AFTER_ENV = "TLLIB_JTLN_STOP_AFTER_EPOCH"
 
 
 def resolve_config(given: dict) -> Config:
-    """Defaults -> embedded recipe (when no dataset is named) -> ``--config`` YAML -> given flags."""
+    """Defaults -> embedded recipe (when no dataset is named) -> ``--config`` YAML -> given flags.
+
+    With the embedded task, an explicit ``-a NAME`` (other than ``smallcnn``) or ``--pretrained``
+    starts from the backbone's pretrained weights (and ``--finetune``) unless ``--no-pretrained``
+    or ``--no-finetune`` says otherwise; weights that cannot be loaded offline are a one-line error.
+    Then :func:`~tllib_jtln.flag_rules.apply_method_flags` maps ``--trade-off`` and refuses flags the
+    method ignores.
+    """
     cfg = resolve(given)
+    explicit = explicit_fields(given)
     if cfg.data is None:
         cfg = resolve(given, EMBEDDED_RECIPE)
-    return cfg
+        _embedded_backbone(cfg, explicit)
+    cfg.val_split = resolve_val_split(cfg, embedded=is_embedded(cfg))
+    return apply_method_flags(cfg, explicit, set(given))
+
+
+def explicit_fields(given: dict) -> set:
+    """Field names set on the command line or by ``--config FILE.yaml``."""
+    from ..config import load_yaml
+
+    names = set(given)
+    if given.get("config"):
+        names |= {str(k).replace("-", "_") for k in load_yaml(given["config"])}
+    return names
+
+
+def _embedded_backbone(cfg: Config, explicit: set) -> None:
+    """The embedded task with an explicit backbone: its pretrained weights, when offline (see resolve_config)."""
+    wants = ("arch" in explicit and cfg.arch != "smallcnn") or ("pretrained" in explicit and cfg.pretrained)
+    if not wants:
+        return
+    if "pretrained" not in explicit:
+        cfg.pretrained = True
+    if "finetune" not in explicit:
+        cfg.finetune = cfg.pretrained
+    if cfg.pretrained and cfg.pretrained_file is None:
+        from ..models.offline import pretrained_offline
+
+        if not pretrained_offline(cfg.arch):
+            raise UserError(f"-a {cfg.arch}: no pretrained weights available offline (tf_efficientnet_lite0 has "
+                            f"them); give --pretrained PATH (a weights file) or --no-pretrained (random init)")
+
+
+def describe_recipe(cfg: Config) -> str:
+    """One line naming what a run resolved to: dataset, image size, backbone, pretrained or not."""
+    if is_embedded(cfg):
+        data = "the embedded Fashion-MNIST task (no -d given)"
+    else:
+        data = f"{cfg.data} from {cfg.root}" + (f" at -sr {cfg.sample_rate}" if cfg.sample_rate < 100 else "")
+    if cfg.num_samples_per_class is not None or is_embedded(cfg):
+        data += f", K = {cfg.num_samples_per_class or 10} per class"
+    weights = (f"weights from {cfg.pretrained_file}" if cfg.pretrained_file else
+               "pretrained" if cfg.pretrained else "from scratch")
+    size = f"{cfg.image_size} px" if cfg.image_size else "default size"
+    return (f"recipe: --method {cfg.method} on {data}; {size}; -a {cfg.arch} ({weights}"
+            f"{', --finetune' if cfg.finetune else ''}); validation: --val-split {cfg.val_split}")
 
 
 def _saved_config(log_dir: str | Path) -> Config:
@@ -84,6 +140,7 @@ def resolve_resume_config(given: dict) -> Config:
 
         cfg.update(load_yaml(given["config"]), f"--config {given['config']}")
     cfg.update(given, "command line")
+    apply_method_flags(cfg, explicit_fields(given), set(given))
     changed = [f"{k} ({getattr(saved, k)!r} -> {getattr(cfg, k)!r})" for k in IDENTITY_FIELDS
                if getattr(saved, k) != getattr(cfg, k)]
     if changed:
@@ -110,13 +167,14 @@ def train_from_flags(given: dict) -> int:
     if given.get("phase") == "test":
         return test_from_flags(given)
     if given.get("phase") == "analysis":
-        raise UserError("--phase analysis is not available; use --phase test (or `tllib-jtln test --log DIR`), "
-                        "whose log folder already holds the cost and transport views")
+        return analysis_from_flags(given)
     cfg = resolve_resume_config(given) if given.get("resume") else resolve_config(given)
     if cfg.phase == "test":
         return test_from_flags({**given, "phase": "test"})
     if cfg.phase == "analysis":
-        raise UserError("phase: analysis is not available; use phase: test")
+        return analysis_from_flags({**given, "phase": "analysis"})
+    if os.environ.get("RANK", "0") == "0":
+        print(describe_recipe(cfg), flush=True)
     from .trainer import train
 
     train(cfg, stop_after_epoch=_stop_after_from_env())
@@ -125,6 +183,22 @@ def train_from_flags(given: dict) -> int:
 
 def test_from_flags(given: dict) -> int:
     """``tllib-jtln test --log DIR``: evaluate the best checkpoint of the run in DIR on the target test set."""
+    from .trainer import evaluate_run
+
+    evaluate_run(saved_run_config(given))
+    return 0
+
+
+def analysis_from_flags(given: dict) -> int:
+    """``--phase analysis --log DIR``: the t-SNE picture (and A-distance) of the run's best checkpoint."""
+    from .analysis import analyse_run
+
+    analyse_run(saved_run_config(given))
+    return 0
+
+
+def saved_run_config(given: dict) -> Config:
+    """The settings of the finished run in ``--log DIR`` (``--config`` and given flags may override)."""
     given = {k: v for k, v in given.items() if k not in ("resume", "overwrite", "phase")}
     log = given.get("log")
     if log is None:
@@ -138,7 +212,4 @@ def test_from_flags(given: dict) -> int:
         cfg.update(load_yaml(given["config"]), f"--config {given['config']}")
     cfg.update(given, "command line")
     cfg.phase = "test"
-    from .trainer import evaluate_run
-
-    evaluate_run(cfg)
-    return 0
+    return cfg

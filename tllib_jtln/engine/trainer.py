@@ -46,6 +46,7 @@ from .evaluate import EvalResult, evaluate
 from .logdir import (MetricsLog, best_checkpoint, check_free_space, clear_run, last_checkpoint, prepare_log_dir,
                      write_config, write_env, write_summary)
 from .plots import plot_curves, save_transport
+from .selection import check_validation, no_validation_result, selection_fields, selection_of
 
 
 def _say(is_main: bool, message: str) -> None:
@@ -161,7 +162,7 @@ def make_feature_fn(parts: Parts, state: dict):
 
 #: The settings that decide which images (and pixels) a split holds: part of the feature-cache key.
 _DATA_KEYS = ("data", "root", "source_data", "source_root", "sample_rate", "num_samples_per_class",
-              "val_per_class", "source_per_class", "seed", "image_size", "transforms")
+              "val_per_class", "val_split", "source_per_class", "seed", "image_size", "transforms")
 
 
 def make_context(parts: Parts, state: dict):
@@ -225,15 +226,15 @@ def check_settings(cfg: Config) -> None:
 
 def _better(a: dict, b: Optional[dict]) -> bool:
     """Validation record ``a`` beats ``b``: higher top-1, then higher mean per-class accuracy."""
-    if b is None:
-        return True
+    if b is None or (math.isnan(_num(a["val_top1"], math.nan)) and math.isnan(_num(b["val_top1"], math.nan))):
+        return True  # the first epoch, or no validation (--val-split none): the later epoch is kept
     ka = (_num(a["val_top1"]), _num(a["val_mean_class_acc"]))
     kb = (_num(b["val_top1"]), _num(b["val_mean_class_acc"]))
     return ka > kb
 
 
-def _num(x: float) -> float:
-    return -1.0 if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+def _num(x: float, missing: float = -1.0) -> float:
+    return missing if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
 class _Bar:
@@ -313,9 +314,7 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
     D.barrier()
     parts = Parts(cfg=cfg, task=task, model=model, device=device, info=info, log_dir=log_dir,
                   eval_batch_size=max(64, 2 * cfg.batch_size))
-    if task.target_val is None or len(task.target_val) == 0:
-        raise UserError("the target validation split is empty; raise --val-per-class (model selection "
-                        "never uses the test set)")
+    check_validation(cfg, task)
     stages = method.stages()
     if any(stage.uses_source for stage in stages) and task.source_train is None:
         raise UserError(f"method '{cfg.method}' trains on source data but the task has none; "
@@ -356,7 +355,7 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
                   + (f"stages {' -> '.join(s.name for s in stages)}, each " if len(stages) > 1 else "")
                   + f"{cfg.epochs} epochs x {cfg.iters_per_epoch} iterations, device {device}"
                   + (f", {info.world_size} processes" if info.enabled else ""))
-    val_loader = _eval_loader(task.target_val, parts)
+    val_loader = _eval_loader(task.target_val, parts) if selection_of(cfg) != "last" else None
     run: Optional[StageRun] = None
     warned = False
     for epoch in range(state.epoch, total_epochs):
@@ -374,7 +373,8 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
         t_epoch = time.time()
         record = _train_epoch(parts, method, net, run, state, epoch, total_epochs, amp)
         if run.stage.selects:
-            val = evaluate(net, val_loader, device, len(task.target_classes), amp=amp)
+            val = (evaluate(net, val_loader, device, len(task.target_classes), amp=amp) if val_loader is not None
+                   else no_validation_result())
             record.update(val_top1=val.top1, val_mean_class_acc=val.mean_class_acc)
             improved = _better(record, state.best)
             if improved:
@@ -653,6 +653,7 @@ def _finish(parts: Parts, method, state: TrainState, wall: float) -> dict:
         "wall_time_s": round(wall, 2), "switches": method.switches(),
         "test_per_class": result.as_dict("test", list(task.target_classes))["test_per_class"],
     }
+    summary.update(selection_fields(cfg, task))
     if is_main:
         artifacts = _save_artifacts(method, source_names, task.target_classes, log_dir)
         if ks:
@@ -672,7 +673,7 @@ def _finish(parts: Parts, method, state: TrainState, wall: float) -> dict:
 def _validation_plan(parts: Parts, method, amp: bool) -> Optional[torch.Tensor]:
     """The method's mean OT plan ``(Ks, Kt)`` over the validation images (None for methods without one)."""
     plan_fn = getattr(method, "transport_plan", None)
-    if plan_fn is None:
+    if plan_fn is None or not parts.task.target_val:
         return None
     val = evaluate(parts.model, _eval_loader(parts.task.target_val, parts, shard=False), parts.device,
                    len(parts.task.target_classes), amp=amp, keep_outputs=True)

@@ -1,0 +1,46 @@
+"""Which epoch a run keeps, and what ``summary.json`` says about it (``--val-split``).
+
+``selected_on`` is ``val`` (the target validation split chose the epoch), ``test`` (``--val-split
+test``: TLlib's protocol, the test set chose it) or ``last`` (``--val-split none``: no validation,
+the last epoch is kept). Without validation every epoch's record carries NaN accuracies and
+:func:`no_validation_result` stands in for the evaluation.
+"""
+from __future__ import annotations
+
+import math
+
+from ..data.task import is_embedded
+from ..data.val_split import resolve_val_split, selected_on
+from ..errors import UserError
+from .evaluate import EvalResult
+
+
+def selection_of(cfg) -> str:
+    """``val``, ``test`` or ``last`` for the resolved ``--val-split`` of ``cfg``."""
+    return selected_on(resolve_val_split(cfg, embedded=is_embedded(cfg)))
+
+
+def check_validation(cfg, task) -> None:
+    """A run that selects on a split needs images in it (one-line UserError naming the fixes)."""
+    if selection_of(cfg) == "last":
+        return
+    if task.target_val is None or len(task.target_val) == 0:
+        raise UserError("the target validation split is empty; raise --val-per-class, or pick another "
+                        "--val-split (rest, train; none keeps the last epoch)")
+
+
+def no_validation_result() -> EvalResult:
+    """What an epoch's validation reads as without a validation split: NaN accuracies."""
+    return EvalResult(top1=math.nan, mean_class_acc=math.nan)
+
+
+def selection_fields(cfg, task) -> dict:
+    """``summary.json`` fields: ``selected_on``, ``val_split`` and the target train/val sizes."""
+    on = selection_of(cfg)
+    val = task.target_val
+    fields = {"selected_on": on, "val_split": resolve_val_split(cfg, embedded=is_embedded(cfg)),
+              "target_train_size": len(task.target_train),
+              "target_val_size": 0 if val is None else len(val)}
+    if on == "last":
+        fields.update(val_top1=None, val_mean_class_acc=None)
+    return fields

@@ -1,0 +1,49 @@
+"""Flags whose meaning depends on the method: TLlib's ``--trade-off`` and flags a method would ignore.
+
+- ``--trade-off`` is the weight of a method's regulariser, as in TLlib: ``co_tuning``'s soft-label
+  loss (default 2.3, TLlib's), and for ``jtln`` the OT weight ``ot_weight`` (alpha). Giving both
+  ``--trade-off`` and ``--ot-weight`` with different values to ``jtln`` is an error.
+- A flag the chosen method would ignore is an error naming the method that uses it, when the user
+  gave it on the command line (defaults and shared suite/YAML settings never trigger it):
+  ``--trade-off`` with ``erm``/``joint``/``consecutive``, ``--source-head-lr`` with anything but
+  ``jtln`` without source data.
+"""
+from __future__ import annotations
+
+from .errors import UserError
+
+#: methods with a regulariser weighted by --trade-off
+TRADE_OFF_METHODS = ("co_tuning", "jtln")
+
+
+def has_source_data(cfg) -> bool:
+    """True when the run has source images: ``--source-data`` (not ``none``), or the embedded task's own."""
+    if cfg.source_data is not None:
+        return str(cfg.source_data).lower() != "none"
+    from .data.task import is_embedded
+
+    return is_embedded(cfg)
+
+
+def apply_method_flags(cfg, explicit: set, command_line: set):
+    """Map ``--trade-off`` onto ``jtln``'s OT weight and refuse flags the method ignores.
+
+    Args:
+        cfg: the resolved :class:`~tllib_jtln.config.Config` (changed in place and returned).
+        explicit: field names set by ``--config`` or on the command line.
+        command_line: field names given on the command line.
+    """
+    method = cfg.method
+    if method == "jtln" and "trade_off" in explicit:
+        if "ot_weight" in explicit and cfg.ot_weight != cfg.trade_off:
+            raise UserError(f"--trade-off {cfg.trade_off} and --ot-weight {cfg.ot_weight} both set jtln's OT "
+                            f"weight; give one of them")
+        cfg.ot_weight = cfg.trade_off
+    if "trade_off" in command_line and method not in TRADE_OFF_METHODS:
+        raise UserError(f"--trade-off weighs the regulariser of co_tuning or jtln; --method {method} has none "
+                        f"(drop --trade-off, or use --method co_tuning/jtln)")
+    if "source_head_lr" in command_line and (method != "jtln" or has_source_data(cfg)):
+        where = "with source data" if method == "jtln" else f"--method {method}"
+        raise UserError(f"--source-head-lr is used by jtln without source data (source-free) only; {where} "
+                        f"ignores it (drop it, or use --method jtln with no --source-data)")
+    return cfg
