@@ -30,7 +30,8 @@ import torch
 
 from ..errors import UserError
 from .memory import TensorImages
-from .sampling import STREAM_SOURCE, STREAM_TARGET, cap_per_class, data_seed, split_per_class
+from .sampling import (STREAM_SOURCE, STREAM_TARGET, cap_per_class, check_validation_left, data_seed,
+                       split_per_class)
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
            "Ankle boot")
@@ -158,6 +159,9 @@ def build_fashion_mnist_task(cfg, train_transform: Callable, eval_transform: Cal
     k = cfg.num_samples_per_class if cfg.num_samples_per_class is not None else DEFAULT_K
     if k < 1:
         raise UserError(f"--num-samples-per-class must be >= 1, got {k}")
+    if cfg.sample_rate != 100:
+        raise UserError(f"-sr/--sample-rate {cfg.sample_rate}: the embedded Fashion-MNIST task has no list files "
+                        f"to pick from; use -K to draw K images per class")
     source_classes = [CLASSES[i] for i in SOURCE_LABELS]
     target_classes = [CLASSES[i] for i in TARGET_LABELS]
 
@@ -168,6 +172,7 @@ def build_fashion_mnist_task(cfg, train_transform: Callable, eval_transform: Cal
     t_images, t_labels = _relabelled(train_images, train_labels, TARGET_LABELS)
     pool = TensorImages(t_images, t_labels, target_classes)
     train_idx, val_idx = split_per_class(t_labels.numpy(), k, cfg.val_per_class, data_seed(cfg), STREAM_TARGET)
+    check_validation_left(t_labels.numpy(), val_idx, k, cfg.val_per_class)
     target_train = pool.subset(train_idx, train_transform)
     target_val = pool.subset(val_idx, eval_transform) if len(val_idx) else None
     x_test, y_test = _relabelled(test_images, test_labels, TARGET_LABELS)

@@ -24,7 +24,9 @@ from typing import Callable, Optional
 from torch.utils.data import Dataset
 
 from ..errors import UserError
-from .sampling import STREAM_SOURCE, STREAM_TARGET, cap_per_class, data_seed, split_per_class
+from .imagelist import check_labels
+from .sampling import (STREAM_SOURCE, STREAM_TARGET, cap_per_class, check_validation_left, data_seed,
+                       split_per_class)
 from .transforms import build_transforms, embedded_transforms
 
 
@@ -112,6 +114,8 @@ def build_task(cfg, data_config: Optional[dict] = None) -> TransferTask:
         raise UserError(f"--num-samples-per-class must be >= 1, got {cfg.num_samples_per_class}")
     train_idx, val_idx = split_per_class(pool.targets, cfg.num_samples_per_class, cfg.val_per_class, data_seed(cfg),
                                          STREAM_TARGET)
+    check_validation_left(pool.targets, val_idx, cfg.num_samples_per_class, cfg.val_per_class)
+    check_labels(test, len(pool.classes), "test")
     if len(train_idx) == 0:
         raise UserError(f"dataset {name}: no training images left after the validation carve")
     target_train = pool.subset(train_idx, train_tf)
