@@ -153,15 +153,15 @@ def build_fashion_mnist_task(cfg, train_transform: Callable, eval_transform: Cal
     """The embedded task as a :class:`~tllib_jtln.data.task.TransferTask` (see the module docstring)."""
     from .task import TransferTask
 
+    if cfg.sample_rate != 100:
+        raise UserError(f"-sr/--sample-rate {cfg.sample_rate}: the embedded Fashion-MNIST task has no list files "
+                        f"to pick from; use -K to draw K images per class")
     folder = require_folder(cfg.root, cfg.download)
     train_images, train_labels = load_split(folder, "train")
     test_images, test_labels = load_split(folder, "test")
     k = cfg.num_samples_per_class if cfg.num_samples_per_class is not None else DEFAULT_K
     if k < 1:
         raise UserError(f"--num-samples-per-class must be >= 1, got {k}")
-    if cfg.sample_rate != 100:
-        raise UserError(f"-sr/--sample-rate {cfg.sample_rate}: the embedded Fashion-MNIST task has no list files "
-                        f"to pick from; use -K to draw K images per class")
     source_classes = [CLASSES[i] for i in SOURCE_LABELS]
     target_classes = [CLASSES[i] for i in TARGET_LABELS]
 

@@ -47,13 +47,14 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
         raise UserError(f"checkpoint not found: {path} (train first, or point --log at a run folder)")
     try:
         state = load_tensors(path, map_location)
-    except pickle.UnpicklingError:  # it stores Python objects: never turn the safe loader off for it
-        raise UserError(f"checkpoint {path} is not a checkpoint tllib-jtln wrote (it holds Python objects, "
-                        f"which are never unpickled here); delete it or start over with --overwrite") from None
     except Exception as exc:  # torch raises several types for corrupt or foreign files
+        # PyTorch's unpickling text suggests turning the safe loader off: never pass it on
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"checkpoint {path} cannot be read ({first[:200]}): not a checkpoint tllib-jtln wrote, "
-                        f"or cut short; delete it or start over with --overwrite") from None
+        unpickling = isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc)
+        detail = "" if unpickling else f" ({first[:200]})"
+        raise UserError(f"checkpoint {path} cannot be read{detail}: not a checkpoint tllib-jtln wrote (corrupt, "
+                        f"cut short, or holding Python objects, which are never unpickled here); delete it or "
+                        f"start over with --overwrite") from None
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"checkpoint {path} is not a tllib-jtln checkpoint (no 'model' entry)")
     return state
