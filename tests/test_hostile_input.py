@@ -209,6 +209,9 @@ def test_decompression_bomb_is_a_bad_image_named_or_skipped(tmp_path):
 
 
 def test_pixel_limit_is_ours_and_below_it_pil_never_warns(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # load_rgb sets PIL's: restore it
     monkeypatch.setattr(imagelist, "MAX_IMAGE_PIXELS", 100 * 100)
     small, over, far_over = (png(tmp_path / f"{n}.png", n, n) for n in (90, 110, 150))
     with warnings.catch_warnings():
