@@ -3,6 +3,9 @@
 Random and mutated flag sets and YAML files go through the real parser and the real config
 resolution (no training: the engine is replaced by a function that only resolves the config).
 Every case must end either in a valid :class:`Config` or in a single-line error with exit 2.
+Also fuzzed (issue 16): TLlib list files (bytes, NULs, labels, FIFOs), suite files through
+``bench --dry-run`` (names, values, destructive switches) and a run folder's ``config.yaml``
+through ``test --log``.
 """
 import random
 import string
@@ -14,9 +17,11 @@ from tllib_jtln.config import Config, resolve
 
 FIELDS = Config.field_names()
 VALUES = ["0", "1", "-1", "0.5", "1e-3", "nan", "inf", "abc", "", "true", "knn", "target", "both",
-          "resnet18", "3 4", "--", "-5", "1e400", "\x00", "é", "[1, 2]"]
+          "resnet18", "3 4", "--", "-5", "1e400", "\x00", "é", "[1, 2]", "7", "15", "99999999999999999999999",
+          "../x"]
 YAML_VALUES = ["0", "1", "-3", "0.1", "abc", "true", "null", "[1, 2]", "{a: 1}", "'x'", "[", "1e-3", "~",
-               "!!python/object/apply:os.system ['touch /tmp/tllib_jtln_pwned']", "&a [*a]", "{", "- 1"]
+               "!!python/object/apply:os.system ['touch /tmp/tllib_jtln_pwned']", "&a [*a]", "{", "- 1",
+               ".nan", "-.inf", "1e300", "[-1]", "yes"]
 
 
 def _random_flags(rng: random.Random) -> list[str]:
@@ -89,3 +94,86 @@ def test_yaml_tags_never_execute(tmp_path, capsys, resolve_only):
     assert cli.main(["train", "--config", str(recipe)]) == 2
     assert not marker.exists()
     assert "not valid YAML" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- list files
+GOOD_LINES = [b"img/a.png 0", b"img/a.png 1", b"# comment", b""]
+BAD_LINES = [b"img/\xff.png 0", b"img/a\x00.png 0", b"img/a.png 99999999999999999999999",
+              b"img/a.png -1", b"img/a.png x", b"img/a.png", b"../a.png 0", b"/etc/passwd 0", b"img/fifo.png 0",
+              b"img/dir.png 0", b"img/missing.png 0", b"\xc3\x28 0", b"img/a.png 2"]
+
+
+def test_fuzzed_list_files_never_trace(tmp_path):
+    import os
+
+    from PIL import Image
+
+    from tllib_jtln.config import Config
+    from tllib_jtln.data import build_task
+    from tllib_jtln.errors import UserError
+
+    root = tmp_path / "data"
+    (root / "img" / "dir.png").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "img" / "a.png")
+    os.mkfifo(root / "img" / "fifo.png")
+    (root / "image_list").mkdir()
+    rng = random.Random(16)
+    outcomes = {"ok": 0, "error": 0}
+    for case in range(120):
+        for name in ("train.txt", "test.txt"):
+            lines = [rng.choice(BAD_LINES if rng.random() < 0.1 else GOOD_LINES) for _ in range(rng.randint(1, 5))]
+            (root / "image_list" / name).write_bytes(b"\n".join(lines) + b"\n")
+        cfg = Config(data="ImageList", root=str(root), transforms="small", image_size=8, val_per_class=0,
+                     workers=0, skip_bad_images=rng.random() < 0.5)
+        try:
+            task = build_task(cfg)
+            for split in (task.target_train, task.target_test):  # loads every image: bad ones named or skipped
+                for i in range(len(split)):
+                    split[i]
+            outcomes["ok"] += 1
+        except UserError as exc:
+            assert "\n" not in str(exc) and str(root) in str(exc), exc
+            outcomes["error"] += 1
+    assert outcomes["ok"] > 20 and outcomes["error"] > 20, outcomes
+
+
+# ----------------------------------------------------------------------------- suites and run folders
+ROW_NAMES = ["erm", "a b", "../up", "x/y", "..", ".", "ok-1", "'é'", "a\\\\b"]
+SUITE_VALUES = ["{method: erm}", "{method: nosuch}", "{lr: .nan}", "{lr: -1}", "{overwrite: true}",
+                "{resume: true}", "{sample_rate: 7}", "{lr_decay_epochs: [-1]}", "{epochs: 2}", "{epochs: 0}",
+                "{sample_rate: 30}", "{}", "null", "[", "{overwrite: false}"]
+
+
+def test_fuzzed_suites_never_trace_nor_leave_out(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = random.Random(1616)
+    outcomes = {"ok": 0, "error": 0}
+    for case in range(60):
+        rows = "\n".join(f"  {rng.choice(ROW_NAMES)}: {rng.choice(SUITE_VALUES)}" for _ in range(rng.randint(1, 3)))
+        suite = tmp_path / f"s{case}.yaml"
+        suite.write_text(f"out: out{case}\nseeds: [0]\nmethods:\n{rows}\n")
+        try:
+            code = cli.main(["bench", "--suite", str(suite), "--dry-run"])
+        except SystemExit as exc:
+            code = exc.code
+        err = capsys.readouterr().err
+        assert code in (0, 2), (suite.read_text(), err)
+        if code == 2:
+            assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+            outcomes["error"] += 1
+        else:
+            outcomes["ok"] += 1
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [], "a dry run wrote folders"
+    assert outcomes["ok"] > 3 and outcomes["error"] > 20, outcomes
+
+
+def test_fuzzed_run_config_yaml_never_traces(tmp_path, capsys):
+    rng = random.Random(61)
+    run = tmp_path / "run"
+    run.mkdir()
+    for case in range(60):
+        (run / "config.yaml").write_text(_random_yaml(rng))
+        code = cli.main(["test", "--log", str(run), "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert code == 2, err  # no checkpoint: every case ends in one line
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

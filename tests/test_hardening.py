@@ -110,5 +110,5 @@ def test_disk_full_during_a_checkpoint_write_is_one_line_and_keeps_the_last_chec
     monkeypatch.setattr(checkpoint.torch, "save", full)
     code = main(["train", "--resume", "--log", str(log), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1 and "No space left on device" in err[0]
+    assert code == 2 and len(err) == 1 and "No space left on device" in err[0]  # exit 2: a one-line error
     assert (log / "checkpoints" / "last.pt").read_bytes() == before

@@ -1,6 +1,8 @@
 """The ``tllib-jtln`` command: ``train``, ``test``, ``list``, ``data``, ``bench``.
 
-Bad input ends in one line on stderr and exit status 2, never a traceback. Heavy imports
+Exit status: 0 done; 2 stopped with a one-line error on stderr, never a traceback: bad input
+(flags, files, data) or an environment to fix (a full disk, a log folder in use); 1 ``bench``
+finished but some of its runs failed (each named on its line); 130 interrupted. Heavy imports
 (torch, timm) happen inside the subcommands, so ``--version`` and errors are instant.
 """
 from __future__ import annotations
@@ -8,10 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Callable, Sequence
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, one_line
 
 PROG = "tllib-jtln"
 
@@ -138,6 +141,16 @@ def build_parser() -> OneLineParser:
     return parser
 
 
+_PYTHON_FORMAT_WARNING = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Our own warnings (skipped bad images) as one line; others as Python prints them."""
+    if category.__module__.startswith("tllib_jtln"):
+        return f"{PROG}: warning: {message}\n"
+    return _PYTHON_FORMAT_WARNING(message, category, filename, lineno, line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -145,16 +158,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
         parser.error("choose a command: train, test, list, data or bench")
+    warnings.formatwarning = _format_warning
     try:
         return func(args)
     except UserError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        sys.stderr.write(f"{PROG}: error: {one_line(exc)}\n")
         return 2
     except OSError as exc:  # a full disk, a vanished folder: the atomic writes kept the previous files
         where = f"{exc.filename}: " if exc.filename else ""
-        sys.stderr.write(f"{PROG}: error: {where}{exc.strerror or exc}; finished checkpoints are kept "
-                         f"(fix the cause, then continue with --resume)\n")
-        return 1
+        sys.stderr.write(f"{PROG}: error: {where}{one_line(exc) if not exc.strerror else exc.strerror}; "
+                         f"finished checkpoints are kept (fix the cause, then continue with --resume)\n")
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted; finished checkpoints are kept (resume with --resume)\n")
         return 130

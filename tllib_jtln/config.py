@@ -50,7 +50,7 @@ class Config:
     data: Optional[str] = _opt(None, "target dataset (tllib-jtln list datasets); none: the embedded Fashion-MNIST task",
                                flags=("-d", "--data"))
     root: Optional[str] = _opt(None, "target dataset root folder")
-    sample_rate: int = _opt(100, "TLlib sample rate: which image_list/train_{sr}.txt to use",
+    sample_rate: int = _opt(100, "TLlib sample rate (100, 50, 30 or 15): which image_list/train_{sr}.txt to use",
                             flags=("-sr", "--sample-rate"))
     num_samples_per_class: Optional[int] = _opt(None, "draw K labelled target images per class (seeded); "
                                                       "the embedded task defaults to 10",
@@ -79,7 +79,9 @@ class Config:
     hflip: bool = _opt(True, "random horizontal flip in training (--no-hflip: TLlib's flag)")
     color_jitter: bool = _opt(False, "TLlib's ColorJitter(0.5, 0.5, 0.5, 0.5) in training (--transforms tllib)")
     workers: int = _opt(2, "data loading workers per process", flags=("-j", "--workers"))
-    skip_bad_images: bool = _opt(False, "skip unreadable images (and report how many) instead of stopping")
+    skip_bad_images: bool = _opt(False, "skip bad images (and report how many) instead of stopping: unreadable, "
+                                        "not a regular file, or over 16384 x 16384 pixels (268 MP, the decoding "
+                                        "limit that stops decompression bombs)")
     download: bool = _opt(False, "allow downloading a dataset that is missing")
 
     # --- model
@@ -148,8 +150,8 @@ class Config:
     # --- run management
     log: str = _opt("logs/run", "log folder of the run")
     print_freq: int = _opt(100, "print every N iterations", flags=("-p", "--print-freq"))
-    resume: bool = _opt(False, "continue the run in --log from its last checkpoint")
-    overwrite: bool = _opt(False, "allow writing into a log folder that holds a finished run")
+    resume: bool = _opt(False, "continue the run in --log from its last checkpoint (command line only)")
+    overwrite: bool = _opt(False, "replace the run in --log (its files are removed; command line only)")
     skip_nonfinite: bool = _opt(False, "skip a step whose loss is NaN/inf instead of stopping")
     progress: bool = _opt(True, "show progress bars")
     feature_cache: Optional[str] = _opt(None, "folder caching the features cost matrices are built from "
@@ -174,7 +176,11 @@ class Config:
                 raise UserError(f"{source}: unknown setting '{raw_key}'{hint}")
             if key == "pretrained" and isinstance(value, str):  # TLlib's `--pretrained PATH`
                 self.pretrained_file, value = value, True
-            setattr(self, key, _coerce(key, value, source))
+            value = _coerce(key, value, source)
+            if key in COMMAND_LINE_ONLY and value and source != COMMAND_LINE:
+                raise UserError(f"{source}: '{raw_key}: true' is refused: --{key} is destructive and accepted on "
+                                f"the command line only; remove it from the file and pass --{key}")
+            setattr(self, key, value)
         return self
 
 
@@ -192,15 +198,30 @@ class Config:
                 raise UserError(f"--{name.replace('_', '-')} must be {bounds}, got {value}")
         if self.ot_eps <= 0:
             raise UserError(f"--ot-eps must be > 0, got {self.ot_eps}")
+        if self.sample_rate not in SAMPLE_RATES:
+            raise UserError(f"-sr/--sample-rate must be one of TLlib's {', '.join(map(str, SAMPLE_RATES))} "
+                            f"(the list files image_list/train_<sr>.txt), got {self.sample_rate}; "
+                            f"use -K to draw K images per class")
+        if any(epoch < 1 for epoch in self.lr_decay_epochs):
+            raise UserError(f"--lr-decay-epochs must be epoch numbers >= 1, got {self.lr_decay_epochs}")
         return self
 
+
+#: The sample rates of TLlib's list files (``image_list/train_{sr}.txt``).
+SAMPLE_RATES = (100, 50, 30, 15)
+
+#: The source name :func:`resolve` gives the flags typed on the command line.
+COMMAND_LINE = "command line"
+
+#: Destructive switches: accepted from the command line (or a program) only, never from a YAML file.
+COMMAND_LINE_ONLY = ("overwrite", "resume")
 
 # (field, lowest allowed, highest allowed); None: unbounded on that side.
 _RANGES = [
     ("batch_size", 1, None), ("source_batch_size", 1, None), ("iters_per_epoch", 1, None), ("epochs", 1, None),
     ("lr", 0.0, None), ("lr_gamma", 0.0, None), ("momentum", 0.0, 1.0), ("wd", 0.0, None), ("workers", 0, None),
     ("num_samples_per_class", 1, None), ("val_per_class", 0, None), ("source_per_class", 1, None),
-    ("sample_rate", 1, 100), ("image_size", 8, None), ("bottleneck_dim", 1, None), ("print_freq", 1, None),
+    ("image_size", 8, None), ("bottleneck_dim", 1, None), ("print_freq", 1, None),
     ("trade_off", 0.0, None), ("source_head_lr", 0.0, None),
     ("ot_weight", 0.0, None), ("ot_iters", 1, None), ("ot_tol", 0.0, None), ("ot_smooth", 0.0, 0.5),
     ("cost_k", 1, None), ("cost_refresh", 0, None), ("seed", 0, None), ("data_seed", 0, None),
@@ -239,20 +260,24 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     return value
 
 
-def load_yaml(path: str | Path) -> dict:
-    """A recipe file as a mapping, parsed with ``yaml.safe_load`` (no code runs)."""
+def load_yaml(path: str | Path, flag: str = "--config") -> dict:
+    """A YAML file as a mapping, parsed with ``yaml.safe_load`` (no code runs; a python tag is an error).
+
+    ``flag`` names where the file came from in messages (``--config``, ``--suite``; empty: the path alone).
+    """
     path = Path(path)
+    name = f"{flag} {path}" if flag else str(path)
     if not path.is_file():
-        raise UserError(f"--config: file not found: {path}")
+        raise UserError(f"{flag or 'YAML file'}: file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"--config {path}: not valid YAML ({first})") from None
+        raise UserError(f"{name}: not valid YAML ({first})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"--config {path}: expected a mapping of settings, got {type(data).__name__}")
+        raise UserError(f"{name}: expected a mapping of settings, got {type(data).__name__}")
     return data
 
 
@@ -289,7 +314,17 @@ def resolve(given: dict, recipe: dict | None = None) -> Config:
     if recipe:
         cfg.update(recipe, "embedded recipe")
     config_path = given.get("config")
+    recipe_file = load_yaml(config_path) if config_path else {}
     if config_path:
-        cfg.update(load_yaml(config_path), f"--config {config_path}")
-    cfg.update(given, "command line")
+        cfg.update(recipe_file, f"--config {config_path}")
+    cfg.update(given, COMMAND_LINE)
+    if cfg.pretrained_file is not None and not cfg.pretrained:
+        if "pretrained" in given:
+            origin = "--no-pretrained"
+        elif any(str(k).replace("-", "_") == "pretrained" for k in recipe_file):
+            origin = f"'pretrained: false' in --config {config_path}"
+        else:
+            origin = "the embedded Fashion-MNIST recipe (configs/fashion_mnist.yaml: pretrained: false)"
+        raise UserError(f"--pretrained-file loads weights, but {origin} asks for random ones; "
+                        f"add --pretrained to load the file, or drop --pretrained-file")
     return cfg.validate()

@@ -27,3 +27,18 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def load_tensors(path: str | Path, map_location="cpu"):
+    """``torch.load(path, weights_only=True)``: no code from the file runs.
+
+    PyTorch's warnings on the way (a foreign pickle protocol) are silenced: the caller turns any
+    failure into one line naming the file (:class:`pickle.UnpicklingError` when it holds objects).
+    """
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location=map_location, weights_only=True)

@@ -15,7 +15,10 @@ A suite file (YAML, ``yaml.safe_load``)::
     pairs:                         # optional paired differences (same seeds, same data)
       - [jtln, joint]
 
-Run ``r`` = (method row, setting column, seed) writes ``out/<setting>/<row>/seed<seed>/``. A run
+Run ``r`` = (method row, setting column, seed) writes ``out/<setting>/<row>/seed<seed>/`` (so row and
+setting names are folder names: no ``/`` and no ``..``). Every run's settings are checked as
+``train`` checks them before the first run starts (and by ``--dry-run``); ``overwrite`` and
+``resume`` are refused in a suite file, as in any ``--config`` file. A run
 whose ``summary.json`` exists is not redone; one with a checkpoint but no summary is resumed.
 Each run is a separate ``python -m tllib_jtln train`` process, so one failing run is reported and
 the others go on. At the end ``results_<name>.json`` (every run's numbers) and ``results_<name>.md`` (mean +-
@@ -57,7 +60,7 @@ class SuiteRun:
 
 def load_suite(path: str | Path) -> dict:
     """Parse and check a suite file: known top-level keys, Config keys everywhere else."""
-    suite = load_yaml(path)
+    suite = load_yaml(path, flag="--suite")
     unknown = set(suite) - SUITE_KEYS
     if unknown:
         raise UserError(f"--suite {path}: unknown key(s) {sorted(unknown)}; known: {sorted(SUITE_KEYS)}")
@@ -75,12 +78,36 @@ def load_suite(path: str | Path) -> dict:
         if not isinstance(suite[group], dict):
             raise UserError(f"--suite {path}: '{group}' must map names to Config settings")
         for name, values in suite[group].items():
+            _check_folder_name(name, f"--suite {path}: {group}")
             merged = {**suite["base"], **(values or {})}
             Config().update(merged, f"--suite {path}: {group}.{name}")  # typos fail here, before any run
     for pair in suite["pairs"]:
         if not (isinstance(pair, list) and len(pair) == 2 and all(p in suite["methods"] for p in pair)):
             raise UserError(f"--suite {path}: each pair must be [row, row] of two method rows, got {pair!r}")
     return suite
+
+
+def _check_folder_name(name, where: str) -> None:
+    """Row and setting names are folder names under ``out``: no path separators, no ``.``/``..``."""
+    text = str(name)
+    if not text.strip() or text in (".", "..") or "/" in text or "\\" in text or "\x00" in text:
+        raise UserError(f"{where}: name {text!r} is a folder name under out:, so it must not be empty, "
+                        f"'.' or '..', nor contain '/' or '\\'; rename it")
+
+
+def check_runs(runs: list["SuiteRun"], path, out: Path) -> None:
+    """Resolve every run's settings as ``train`` would (ranges, a known method), without training."""
+    from ..engine.run import resolve_config
+    from ..engine.trainer import check_settings
+    from ..methods import METHODS
+
+    for run in runs:
+        try:
+            cfg = resolve_config({**run.settings, "seed": run.seed, "log": str(out / run.name)})
+            METHODS.get(cfg.method)
+            check_settings(cfg)
+        except UserError as exc:
+            raise UserError(f"--suite {path}: run {run.name}: {exc}") from None
 
 
 def expand_runs(suite: dict) -> list[SuiteRun]:
@@ -131,6 +158,7 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, only: st
     runs = expand_runs(suite)
     if only:
         runs = [r for r in runs if fnmatch.fnmatch(r.name, only)]
+    check_runs(runs, path, out_dir)
     if dry_run:
         for run in runs:
             print(run.name, " ".join(f"{k}={v}" for k, v in sorted(run.settings.items())))

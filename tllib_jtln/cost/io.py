@@ -171,7 +171,16 @@ def load_cost_file(path: str | Path, source_classes: Optional[Sequence[str]] = N
         raise UserError(f"cost file {path}: NaN or inf entries; a cost must be finite")
     if (matrix < 0).any():
         raise UserError(f"cost file {path}: negative entries; a cost must be >= 0")
+    largest = float(matrix.max()) if matrix.size else 0.0
+    if largest > COST_MAX:
+        raise UserError(f"cost file {path}: entries up to {largest:.3g} exceed {COST_MAX:.0e}, beyond what "
+                        f"32-bit arithmetic can normalise; rescale the matrix (only relative costs matter)")
     return torch.from_numpy(matrix.astype(np.float32))
+
+
+#: The largest entry a cost file may hold: costs are used in float32 (max ~3.4e38), and a sum
+#: over a row or a normalisation must not overflow to inf.
+COST_MAX = 1e30
 
 
 # ---------------------------------------------------------------------------- semantic embeddings

@@ -38,6 +38,7 @@ from typing import Callable, Optional
 
 from torch.utils.data import Dataset
 
+from ..config import SAMPLE_RATES
 from ..errors import UserError
 from ..registry import Registry
 from . import fashion_mnist as fmnist
@@ -46,7 +47,6 @@ from .imagelist import ImageList, class_names_from_paths, read_image_list, scan_
 
 DATASETS: Registry[Callable] = Registry("datasets")
 
-SAMPLE_RATES = (100, 50, 30, 15)
 
 AIRCRAFT_CLASSES = (
     "707-320", "727-200", "737-200", "737-300", "737-400", "737-500", "737-600", "737-700", "737-800",

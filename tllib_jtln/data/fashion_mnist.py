@@ -32,7 +32,7 @@ import torch
 
 from ..errors import UserError
 from .memory import TensorImages
-from .sampling import STREAM_SOURCE, cap_per_class, data_seed
+from .sampling import STREAM_SOURCE, cap_per_class, check_validation_left, data_seed
 from .val_split import resolve_val_split, split_pool
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -155,6 +155,9 @@ def build_fashion_mnist_task(cfg, train_transform: Callable, eval_transform: Cal
     """The embedded task as a :class:`~tllib_jtln.data.task.TransferTask` (see the module docstring)."""
     from .task import TransferTask
 
+    if cfg.sample_rate != 100:
+        raise UserError(f"-sr/--sample-rate {cfg.sample_rate}: the embedded Fashion-MNIST task has no list files "
+                        f"to pick from; use -K to draw K images per class")
     folder = require_folder(cfg.root, cfg.download)
     train_images, train_labels = load_split(folder, "train")
     test_images, test_labels = load_split(folder, "test")
@@ -172,6 +175,8 @@ def build_fashion_mnist_task(cfg, train_transform: Callable, eval_transform: Cal
     pool = TensorImages(t_images, t_labels, target_classes)
     choice = resolve_val_split(cfg, embedded=True)
     train_idx, val_idx = split_pool(t_labels.numpy(), choice, k, cfg.val_per_class, data_seed(cfg))
+    if choice in ("rest", "train"):
+        check_validation_left(t_labels.numpy(), val_idx, k, cfg.val_per_class)
     target_train = pool.subset(train_idx, train_transform)
     x_test, y_test = _relabelled(test_images, test_labels, TARGET_LABELS)
     target_test = TensorImages(x_test, y_test, target_classes, eval_transform)

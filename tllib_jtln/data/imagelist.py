@@ -13,15 +13,18 @@ the line number and the path: list files from strangers never make us read elsew
 Items are ``(image, label)``: the image is decoded with PIL, converted to RGB and passed through
 the dataset's ``transform`` (a float tensor ``(3, H, W)`` with the package's transforms).
 
-Bad images are found when they are loaded (no pre-scan: a pre-scan of ImageNet costs minutes).
+Bad images are found when they are loaded (no pre-scan: a pre-scan of ImageNet costs minutes):
+a file that is missing, not a regular file (a FIFO or device would hang the run), not decodable,
+or larger than :data:`MAX_IMAGE_PIXELS` (a decompression bomb).
 Without ``skip_bad_images`` an unreadable or corrupt file is a :class:`UserError` naming it. With
 it, the file is marked in a mask shared between the data-loader workers (shared memory), a
-:class:`BadImageWarning` names it once per process, the next good sample (index + 1, wrapping) is
+:class:`BadImageWarning` names it once, the next good sample (index + 1, wrapping) is
 returned in its place, and :attr:`ImageList.bad_images` lists every file skipped so far.
 """
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -62,39 +65,89 @@ def check_relative_path(rel: str, root: str | Path, where: str) -> str:
     return real
 
 
+#: The most classes a list file may define (labels 0 .. MAX_CLASSES - 1); ImageNet-21k has 21,841.
+#: A larger label is a typo (a class count is allocated per label), refused with its line.
+MAX_CLASSES = 100_000
+
+
+def _sample_lines(list_file: Path):
+    """``(line number, text)`` of every sample line (blank lines and ``#`` comments skipped).
+
+    The file is read as bytes and decoded line by line, so a byte that is not UTF-8, or a NUL
+    byte, is a :class:`UserError` naming the line.
+    """
+    with open(list_file, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{list_file} line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{where}: byte 0x{raw[exc.start]:02x} at column {exc.start + 1} is not UTF-8; "
+                                f"save the list file as UTF-8") from None
+            if "\x00" in line:
+                raise UserError(f"{where}: NUL byte in the line (a binary file?); list files are text, "
+                                f"'relative/path label' per line")
+            text = line.strip()
+            if text and not text.startswith("#"):
+                yield number, text
+
+
 def read_image_list(list_file: str | Path, root: str | Path,
                     num_classes: Optional[int] = None) -> list[tuple[str, int]]:
     """Parse a TLlib list file into ``[(real_path, label), ...]``.
 
-    Blank lines and lines starting with ``#`` are ignored. Errors (a line without a label, a
-    non-integer or out-of-range label, an unsafe path) name the file and the line number.
+    Blank lines and lines starting with ``#`` are ignored. Errors (text that is not UTF-8, a NUL
+    byte, a line without a label, a non-integer label, a label outside ``0 .. num_classes - 1``
+    or at least :data:`MAX_CLASSES`, an unsafe path) name the file and the line number.
     """
     list_file = Path(list_file)
     if not list_file.is_file():
         raise UserError(f"list file not found: {list_file}")
     samples: list[tuple[str, int]] = []
     root_real = os.path.realpath(root)
-    with open(list_file, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            where = f"{list_file} line {number}"
-            tokens = text.split()
-            if len(tokens) < 2:
-                raise UserError(f"{where}: expected 'relative/path label', got '{text}'")
-            rel, label_text = " ".join(tokens[:-1]), tokens[-1]
-            try:
-                label = int(label_text)
-            except ValueError:
-                raise UserError(f"{where}: label '{label_text}' is not an integer") from None
-            if label < 0 or (num_classes is not None and label >= num_classes):
-                bound = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
-                raise UserError(f"{where}: label {label} out of range ({bound})")
-            samples.append((check_relative_path(rel, root_real, where), label))
+    bound = num_classes if num_classes is not None else MAX_CLASSES
+    for number, text in _sample_lines(list_file):
+        where = f"{list_file} line {number}"
+        tokens = text.split()
+        if len(tokens) < 2:
+            raise UserError(f"{where}: expected 'relative/path label', got '{text}'")
+        rel, label_text = " ".join(tokens[:-1]), tokens[-1]
+        try:
+            label = int(label_text)
+        except ValueError:
+            raise UserError(f"{where}: label '{label_text}' is not an integer") from None
+        if label < 0 or label >= bound:
+            why = (f"0..{num_classes - 1}, the classes of the dataset" if num_classes is not None else
+                   f"0..{MAX_CLASSES - 1}: at most {MAX_CLASSES} classes")
+            raise UserError(f"{where}: label {label} out of range ({why})")
+        samples.append((check_relative_path(rel, root_real, where), label))
     if not samples:
         raise UserError(f"list file {list_file} holds no samples")
     return samples
+
+
+def list_line(list_file: str | Path, sample_index: int) -> str:
+    """``'<list_file> line N'`` of sample ``sample_index`` of a list file read by :func:`read_image_list`."""
+    for index, (number, _) in enumerate(_sample_lines(Path(list_file))):
+        if index == sample_index:
+            return f"{list_file} line {number}"
+    return str(list_file)
+
+
+def check_labels(dataset, num_classes: int, role: str) -> None:
+    """Every label of ``dataset`` must be a class of the training set (``0 .. num_classes - 1``).
+
+    ``role`` names the split (``test``) in the message. A label beyond them would be dropped by
+    the evaluation without a word; it is a :class:`UserError` naming the list file and line.
+    """
+    targets = list(getattr(dataset, "targets", []))
+    bad = next((i for i, label in enumerate(targets) if not 0 <= int(label) < num_classes), None)
+    if bad is None:
+        return
+    origin = str(getattr(dataset, "origin", "") or "")
+    where = list_line(origin, bad) if origin.endswith(".txt") and Path(origin).is_file() else (origin or role)
+    raise UserError(f"{where}: {role} label {int(targets[bad])} is not one of the {num_classes} classes of the "
+                    f"training list (0..{num_classes - 1}); fix the label or the list")
 
 
 def scan_image_folder(folder: str | Path) -> tuple[list[tuple[str, int]], list[str]]:
@@ -154,12 +207,42 @@ def class_names_from_paths(samples: Sequence[tuple[str, int]], num_classes: int)
     return names
 
 
+#: The largest image decoded, in pixels (16384 x 16384, 268 megapixels; PIL's own default warns
+#: above 89 MP and refuses above 179 MP). A larger image counts as a bad image (a decompression
+#: bomb: a small file that would take gigabytes of memory); below it PIL never warns.
+MAX_IMAGE_PIXELS = 16384 * 16384
+
+
+class ImageTooLarge(ValueError):
+    """An image over :data:`MAX_IMAGE_PIXELS`."""
+
+
+class NotRegularFile(OSError):
+    """A listed image that is a folder, FIFO, socket or device."""
+
+
 def load_rgb(path: str):
-    """Decode an image file with PIL and convert it to RGB (raises OSError/ValueError if bad)."""
+    """Decode an image file with PIL and convert it to RGB.
+
+    Raises OSError/ValueError if the file is bad: :class:`NotRegularFile` (a FIFO or a device
+    would block or never end), a PIL decoding error, or :class:`ImageTooLarge` (over
+    :data:`MAX_IMAGE_PIXELS`, checked from the header before any pixel is decoded).
+    """
     from PIL import Image
 
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise NotRegularFile(f"not a regular file: {path}")
+    # PIL warns above its limit and refuses above twice it: the warning is replaced by our check
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # set here, so every worker process has it too
     with open(path, "rb") as handle:
-        image = Image.open(handle)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                image = Image.open(handle)
+            except Image.DecompressionBombError:
+                raise ImageTooLarge(f"over {2 * MAX_IMAGE_PIXELS // 10**6} megapixels") from None
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise ImageTooLarge(f"{image.width} x {image.height} pixels")
         image.load()
     return image.convert("RGB")
 
@@ -183,7 +266,6 @@ class ImageList(Dataset):
         self.skip_bad_images = skip_bad_images
         self.origin = origin
         self._bad = torch.zeros(len(self.samples), dtype=torch.uint8).share_memory_()
-        self._warned: set[int] = set()
 
     @property
     def targets(self) -> list[int]:
@@ -212,6 +294,11 @@ class ImageList(Dataset):
             image = load_rgb(path)
         except FileNotFoundError:
             reason = "file not found"
+        except NotRegularFile:
+            reason = "not a regular file (a folder, FIFO or device)"
+        except ImageTooLarge as exc:
+            reason = (f"image too large ({exc}; the limit is {MAX_IMAGE_PIXELS // 10**6} megapixels, "
+                      f"a decompression bomb?)")
         except (OSError, ValueError, SyntaxError) as exc:  # PIL raises these for corrupt data
             reason = f"unreadable or corrupt image ({type(exc).__name__})"
         else:
@@ -219,10 +306,8 @@ class ImageList(Dataset):
         if not self.skip_bad_images:
             origin = f" (listed in {self.origin})" if self.origin else ""
             raise UserError(f"{path}: {reason}{origin}; fix or remove it, or pass --skip-bad-images")
-        self._bad[index] = 1
-        if index not in self._warned:
-            self._warned.add(index)
-            warnings.warn(f"skipping bad image {path}: {reason}", BadImageWarning, stacklevel=3)
+        self._bad[index] = 1  # shared: no worker, now or in a later epoch, loads (or names) it again
+        warnings.warn(f"skipping bad image {path}: {reason}", BadImageWarning, stacklevel=3)
         return None
 
     def __getitem__(self, index: int):

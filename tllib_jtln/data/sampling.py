@@ -10,6 +10,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..errors import UserError
+
 # stream ids of the seeded draws (kept stable: changing one changes every published subset)
 STREAM_TARGET = 1
 STREAM_SOURCE = 2
@@ -47,6 +49,19 @@ def split_per_class(targets: Sequence[int], num_per_class: Optional[int], val_pe
     empty = np.zeros(0, dtype=np.int64)
     return (np.sort(np.concatenate(train)) if train else empty,
             np.sort(np.concatenate(val)) if val else empty)
+
+
+def check_validation_left(targets: Sequence[int], val_idx: np.ndarray, num_per_class: Optional[int],
+                          val_per_class: int) -> None:
+    """A UserError when ``-K`` takes every image of every class, so the validation carve is empty.
+
+    (An empty carve with ``--val-per-class 0`` is the engine's to report.)
+    """
+    if len(val_idx) or num_per_class is None or val_per_class < 1:
+        return
+    largest = int(np.bincount(np.asarray(targets, dtype=np.int64)).max()) if len(targets) else 0
+    raise UserError(f"-K/--num-samples-per-class {num_per_class} takes every training image (the largest class "
+                    f"has {largest}), so none is left for validation; use -K {max(1, largest - 1)} or less")
 
 
 def cap_per_class(targets: Sequence[int], cap: Optional[int], seed: int, stream: int = STREAM_SOURCE) -> np.ndarray:

@@ -26,7 +26,8 @@ from typing import Callable, Optional
 from torch.utils.data import Dataset
 
 from ..errors import UserError
-from .sampling import STREAM_SOURCE, cap_per_class, data_seed
+from .imagelist import check_labels
+from .sampling import STREAM_SOURCE, cap_per_class, check_validation_left, data_seed
 from .val_split import outside_list, resolve_val_split, split_pool
 from .transforms import build_transforms, check_tllib_options, embedded_transforms, tllib_options
 
@@ -117,6 +118,9 @@ def build_task(cfg, data_config: Optional[dict] = None) -> TransferTask:
     choice = resolve_val_split(cfg)
     train_idx, val_idx = split_pool(pool.targets, choice, cfg.num_samples_per_class, cfg.val_per_class,
                                     data_seed(cfg))
+    if choice in ("rest", "train") and val_idx is not None:
+        check_validation_left(pool.targets, val_idx, cfg.num_samples_per_class, cfg.val_per_class)
+    check_labels(test, len(pool.classes), "test")
     if len(train_idx) == 0:
         raise UserError(f"dataset {name}: no training images left after the validation carve")
     target_train = pool.subset(train_idx, train_tf)

@@ -16,6 +16,7 @@ Layout written by the trainer (``FORMAT = 1``)::
 from __future__ import annotations
 
 import json
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, load_tensors
 
 FORMAT = 1
 
@@ -45,11 +46,15 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path} (train first, or point --log at a run folder)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = load_tensors(path, map_location)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
+        # PyTorch's unpickling text suggests turning the safe loader off: never pass it on
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"checkpoint {path} cannot be read ({first[:200]}); "
-                        f"delete it or start over with --overwrite") from None
+        unpickling = isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc)
+        detail = "" if unpickling else f" ({first[:200]})"
+        raise UserError(f"checkpoint {path} cannot be read{detail}: not a checkpoint tllib-jtln wrote (corrupt, "
+                        f"cut short, or holding Python objects, which are never unpickled here); delete it or "
+                        f"start over with --overwrite") from None
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"checkpoint {path} is not a tllib-jtln checkpoint (no 'model' entry)")
     return state

@@ -4,9 +4,16 @@ Nothing already in a log folder is overwritten unless the user says so: a folder
 a run (``summary.json`` or anything under ``checkpoints/``) is refused unless ``--overwrite``
 (the run's files are removed first, other files are left alone) or ``--resume`` (continue
 from ``checkpoints/last.pt``).
+
+A log folder is written by one run at a time: the training process (rank 0 under DDP) holds a
+POSIX lock on ``LOG/.lock`` (which holds its pid) for its whole life, and a second run on the
+folder is refused naming that pid. The kernel drops the lock when the process ends, killed or
+not, so ``--resume`` after a ``kill -9`` just works; forked data-loader workers do not inherit
+it. Readers (``tllib-jtln test --log``) take no lock.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -29,6 +36,7 @@ SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
+LOCK = ".lock"
 
 #: Files a run writes; ``--overwrite`` removes exactly these (and the checkpoints folder).
 RUN_FILES = (CONFIG, ENV, METRICS, SUMMARY, "cost.npy", "cost.json", "cost.png", "transport.png",
@@ -64,6 +72,8 @@ def prepare_log_dir(log_dir: str | Path, *, overwrite: bool, resume: bool, is_ma
     log_dir = Path(log_dir).expanduser()
     if log_dir.exists() and not log_dir.is_dir():
         raise UserError(f"--log {log_dir}: exists and is not a folder; choose another --log")
+    if is_main and log_dir.is_dir():
+        lock_log_dir(log_dir)  # a folder in use by another run is named before anything else
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
     if resume:
@@ -85,9 +95,45 @@ def prepare_log_dir(log_dir: str | Path, *, overwrite: bool, resume: bool, is_ma
         os.unlink(probe)
     except OSError as exc:
         raise UserError(f"--log {log_dir}: not writable ({exc.strerror or exc}); choose another --log") from None
+    lock_log_dir(log_dir)
     if overwrite and not resume and clear:
         clear_run(log_dir)
     return log_dir
+
+
+_LOCKS: dict[str, int] = {}  # real path of a locked log folder -> the open file holding the lock
+
+
+def lock_log_dir(log_dir: Path) -> None:
+    """Own ``log_dir`` for this process: an exclusive, non-blocking ``lockf`` on ``log_dir/.lock``.
+
+    Held until :func:`release_log_dirs` or the end of the process. Taking a folder this process
+    already holds does nothing. Raises :class:`UserError` naming the pid of the process holding it.
+    A folder where the lock file cannot be created is left to the caller's writability check.
+    """
+    key = os.path.realpath(log_dir)
+    if key in _LOCKS:
+        return
+    try:
+        fd = os.open(os.path.join(key, LOCK), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        return
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UserError(f"--log {log_dir} is in use by another run (pid {holder}); wait for it to end, "
+                        f"or choose another --log") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _LOCKS[key] = fd
+
+
+def release_log_dirs() -> None:
+    """Give up every log folder this process holds (the end of a run)."""
+    while _LOCKS:
+        os.close(_LOCKS.popitem()[1])
 
 
 def check_free_space(log_dir: Path, model: "torch.nn.Module") -> None:
@@ -118,20 +164,22 @@ def clear_run(log_dir: Path) -> None:
 # ----------------------------------------------------------------------------- config
 def write_config(cfg_dict: dict, log_dir: Path) -> Path:
     """The resolved settings as YAML (field names as keys), loadable with ``--config``."""
+    from ..config import COMMAND_LINE_ONLY
+
     text = "# resolved settings of this run; rerun with: tllib-jtln train --config config.yaml\n"
-    text += yaml.safe_dump(cfg_dict, sort_keys=False)
+    settings = {k: v for k, v in cfg_dict.items() if k not in COMMAND_LINE_ONLY}  # not settings: switches
+    text += yaml.safe_dump(settings, sort_keys=False)
     return write_text(text, Path(log_dir) / CONFIG)
 
 
 def read_config(log_dir: Path) -> dict:
     """The ``config.yaml`` of a run folder, as a mapping (UserError if missing)."""
+    from ..config import load_yaml
+
     path = Path(log_dir) / CONFIG
     if not path.is_file():
         raise UserError(f"--log {log_dir}: no {CONFIG}; point --log at the folder of a training run")
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: not a mapping of settings; was it edited by hand?")
-    return data
+    return load_yaml(path, flag="")
 
 
 # ----------------------------------------------------------------------------- environment

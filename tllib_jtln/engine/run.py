@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..config import Config, resolve
+from ..config import COMMAND_LINE, COMMAND_LINE_ONLY, Config, resolve
 from ..errors import UserError
 from ..data.task import is_embedded
 from ..data.val_split import resolve_val_split
@@ -122,6 +122,8 @@ def _saved_config(log_dir: str | Path) -> Config:
     from .logdir import read_config
 
     saved = read_config(Path(log_dir))
+    for key in COMMAND_LINE_ONLY:  # older runs saved `resume: true`: a switch, not a setting
+        saved.pop(key, None)
     cfg = Config()
     cfg.update(saved, f"{Path(log_dir) / 'config.yaml'}")
     return cfg
@@ -139,7 +141,7 @@ def resolve_resume_config(given: dict) -> Config:
         from ..config import load_yaml
 
         cfg.update(load_yaml(given["config"]), f"--config {given['config']}")
-    cfg.update(given, "command line")
+    cfg.update(given, COMMAND_LINE)
     apply_method_flags(cfg, explicit_fields(given), set(given))
     changed = [f"{k} ({getattr(saved, k)!r} -> {getattr(cfg, k)!r})" for k in IDENTITY_FIELDS
                if getattr(saved, k) != getattr(cfg, k)]
@@ -210,6 +212,6 @@ def saved_run_config(given: dict) -> Config:
         from ..config import load_yaml
 
         cfg.update(load_yaml(given["config"]), f"--config {given['config']}")
-    cfg.update(given, "command line")
+    cfg.update(given, COMMAND_LINE)
     cfg.phase = "test"
     return cfg

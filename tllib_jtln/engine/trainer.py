@@ -44,7 +44,7 @@ from .checkpoint import (FORMAT, load_checkpoint, rng_state, save_checkpoint, se
                          set_rng_state)
 from .evaluate import EvalResult, evaluate
 from .logdir import (MetricsLog, best_checkpoint, check_free_space, clear_run, last_checkpoint, prepare_log_dir,
-                     write_config, write_env, write_summary)
+                     release_log_dirs, write_config, write_env, write_summary)
 from .plots import plot_curves, save_transport
 from .selection import check_validation, no_validation_result, selection_fields, selection_of
 
@@ -280,6 +280,7 @@ def train(cfg: Config, *, stop_after_epoch: Optional[int] = None) -> dict:
         D.barrier()  # rank 0 may still be writing plots: tear the process group down together
         return result
     finally:
+        release_log_dirs()  # the lock on --log taken by prepare_log_dir
         D.cleanup()
 
 
@@ -650,7 +651,7 @@ def _finish(parts: Parts, method, state: TrainState, wall: float) -> dict:
         "best_epoch": best["epoch"], "epochs": cfg.epochs, "iters_per_epoch": cfg.iters_per_epoch,
         "stages": [stage.name for stage in method.stages()], "images_seen": dict(state.images_seen),
         "test_images": result.count, "skipped_steps": state.skipped, "world_size": parts.info.world_size,
-        "wall_time_s": round(wall, 2), "switches": method.switches(),
+        "wall_time_s": round(wall, 2), "skipped_images": len(task.bad_images()), "switches": method.switches(),
         "test_per_class": result.as_dict("test", list(task.target_classes))["test_per_class"],
     }
     summary.update(selection_fields(cfg, task))
@@ -667,6 +668,9 @@ def _finish(parts: Parts, method, state: TrainState, wall: float) -> dict:
         print(f"best epoch {best['epoch']}: val top-1 {100 * best['val_top1']:.2f}%; "
               f"test top-1 {100 * result.top1:.2f}%, mean class {100 * result.mean_class_acc:.2f}% "
               f"({result.count} images); {wall:.1f}s; log: {log_dir}", flush=True)
+        if summary["skipped_images"]:
+            print(f"skipped {summary['skipped_images']} bad images (--skip-bad-images); each is named above",
+                  flush=True)
     return summary
 
 

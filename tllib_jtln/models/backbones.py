@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
+from ..fileio import load_tensors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -140,7 +141,7 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
             raise UserError(f"--pretrained-file {path}: not a valid safetensors file ({_short(exc)})") from None
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_tensors(path)
         except pickle.UnpicklingError:
             raise UserError(f"--pretrained-file {path}: needs full unpickling (it stores Python objects, which can "
                             "run code); re-save it as a plain state_dict or as .safetensors") from None
