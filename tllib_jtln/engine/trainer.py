@@ -37,9 +37,10 @@ from ..errors import UserError
 from . import distributed as D
 from .checkpoint import (FORMAT, load_checkpoint, rng_state, save_checkpoint, seed_everything,
                          set_rng_state)
-from .evaluate import EvalResult, evaluate
+from .evaluate import EvalResult, eval_batch_size, evaluate
 from .logdir import (MetricsLog, best_checkpoint, check_free_space, clear_run, last_checkpoint, prepare_log_dir,
                      write_config, write_env, write_summary)
+from .precision import autocast_context
 
 
 def _say(is_main: bool, message: str) -> None:
@@ -286,6 +287,8 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
                               clear=False)
     if cfg.amp and device.type != "cuda":
         _say(is_main, "note: --amp has no effect on the CPU (mixed precision runs on CUDA only)")
+    if cfg.cpu_bf16 and device.type != "cpu":
+        _say(is_main, "note: --cpu-bf16 has no effect on CUDA (use --amp there)")
     amp = bool(cfg.amp and device.type == "cuda")
 
     seed_everything(cfg.seed)
@@ -305,7 +308,7 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
         _say(True, task.summary() if hasattr(task, "summary") else task.name)
     D.barrier()
     parts = Parts(cfg=cfg, task=task, model=model, device=device, info=info, log_dir=log_dir,
-                  eval_batch_size=max(64, 2 * cfg.batch_size))
+                  eval_batch_size=eval_batch_size(cfg, task.image_size, device))
     if task.target_val is None or len(task.target_val) == 0:
         raise UserError("the target validation split is empty; raise --val-per-class (model selection "
                         "never uses the test set)")
@@ -383,10 +386,11 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
         sums: dict[str, float] = {}
         counted = 0
         bar = _Bar(cfg.progress, is_main, cfg.iters_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.print_freq)
+        t_train = time.perf_counter()
         try:
             for i in range(1, cfg.iters_per_epoch + 1):
                 batch = batch_to_device(next(batches), device)
-                with torch.autocast(device_type="cuda", enabled=amp):
+                with autocast_context(device, cfg):
                     terms = method.losses(net, batch, step / total_steps)
                 if not terms:
                     raise UserError(f"method '{cfg.method}' returned no loss terms at step {step}")
@@ -419,16 +423,18 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
                 bar.update(i, values)
         finally:
             bar.close()
+        train_time = time.perf_counter() - t_train
         group = optimizer.param_groups[0]  # the base rate (heads) during this epoch
         epoch_lr = cfg.lr * group["lr"] / group.get("initial_lr", group["lr"])
         scheduler.step()
 
-        val = evaluate(net, val_loader, device, num_classes, amp=amp)
+        val = evaluate(net, val_loader, device, num_classes, amp=amp, cpu_bf16=cfg.cpu_bf16)
         record = {"epoch": epoch + 1, "step": step,
                   "lr": epoch_lr,
                   **{f"train_{k}": _mean_over_ranks(v / max(counted, 1), device) for k, v in sums.items()},
                   "val_top1": val.top1, "val_mean_class_acc": val.mean_class_acc,
-                  "skipped_steps": skipped, "epoch_time_s": round(time.time() - t_epoch, 3)}
+                  "skipped_steps": skipped, "epoch_time_s": round(time.time() - t_epoch, 3),
+                  "train_time_s": round(train_time, 4)}
         improved = _better(record, best)
         if improved:
             best = {"epoch": epoch + 1, "val_top1": val.top1, "val_mean_class_acc": val.mean_class_acc}
@@ -516,7 +522,8 @@ def _finish(parts: Parts, method, best: Optional[dict], wall: float, skipped: in
     ks = len(source_names) if source_names else 0
     test_loader = _eval_loader(task.target_test, parts)
     result = evaluate(parts.model, test_loader, parts.device, len(task.target_classes),
-                      source_mass=ks, amp=bool(cfg.amp and parts.device.type == "cuda"))
+                      source_mass=ks, amp=bool(cfg.amp and parts.device.type == "cuda"),
+                      cpu_bf16=cfg.cpu_bf16)
     summary = {
         "method": cfg.method, "data": task.name, "arch": cfg.arch, "seed": cfg.seed,
         "num_samples_per_class": cfg.num_samples_per_class, "cost": cfg.cost,
@@ -567,14 +574,15 @@ def evaluate_run(cfg: Config) -> dict:
             raise UserError(f"{ckpt_path} does not fit the model of {log_dir}/config.yaml ({first[:160]})") from None
         model = model.to(device)
         parts = Parts(cfg=cfg, task=task, model=model, device=device, info=info, log_dir=log_dir,
-                      eval_batch_size=max(64, 2 * cfg.batch_size))
+                      eval_batch_size=eval_batch_size(cfg, task.image_size, device))
         amp = bool(cfg.amp and device.type == "cuda")
         n = len(task.target_classes)
         out: dict = {"best_epoch": ckpt.get("epoch")}
         results: dict[str, EvalResult] = {}
         for split, dataset in (("val", task.target_val), ("test", task.target_test)):
             if dataset is not None and len(dataset):
-                results[split] = evaluate(model, _eval_loader(dataset, parts), device, n, amp=amp)
+                results[split] = evaluate(model, _eval_loader(dataset, parts), device, n, amp=amp,
+                                          cpu_bf16=cfg.cpu_bf16)
                 out.update(results[split].as_dict(split))
         if info.is_main:
             parts_text = ", ".join(f"{s} top-1 {100 * r.top1:.2f}% (mean class {100 * r.mean_class_acc:.2f}%)"
