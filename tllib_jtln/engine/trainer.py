@@ -116,7 +116,8 @@ def make_feature_fn(parts: Parts, state: dict):
     """``features(split) -> (features (N, D), labels (N,))`` for the method's :class:`SetupContext`.
 
     ``split`` is ``"source"`` (the source training set) or ``"target"`` (the labelled target
-    training set). Features are the pooled pre-logits ``model.forward_features(x)`` of the current
+    training set), seen through the evaluation transform (``task.eval_view``: no augmentation).
+    Features are the pooled pre-logits ``model.forward_features(x)`` of the current
     model in eval mode over the whole split (every rank computes the same), memoised per epoch
     and, with ``--feature-cache DIR``, cached on disk by :func:`tllib_jtln.cost.collect_features`
     under a key naming the data settings and a hash of the weights (so runs that start from the
@@ -130,10 +131,10 @@ def make_feature_fn(parts: Parts, state: dict):
     def features(split: str):
         if split not in ("source", "target"):
             raise ValueError(f"features(split): split must be 'source' or 'target', got {split!r}")
-        dataset = parts.task.source_train if split == "source" else parts.task.target_train
-        if dataset is None:
+        if (parts.task.source_train if split == "source" else parts.task.target_train) is None:
             raise UserError(f"method '{cfg.method}' asked for {split} features, but the task has no "
                             f"{split} training set; give --source-data/--source-root")
+        dataset = parts.task.eval_view(split)  # the evaluation transform: no augmentation
         epoch = int(state.get("epoch", 0))
         key = (split, epoch)
         if key not in memo:
