@@ -455,7 +455,7 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
                 "skipped_steps": skipped,
             }, last_checkpoint(log_dir))
             terms_text = ", ".join(f"{k.removeprefix('train_')} {v:.4f}" for k, v in record.items()
-                                   if k.startswith("train_") and k != "train_loss")
+                                   if k.startswith("train_") and k not in ("train_loss", "train_time_s"))
             print(f"epoch {epoch + 1}/{cfg.epochs}: loss {record.get('train_loss', float('nan')):.4f}"
                   f"{' (' + terms_text + ')' if terms_text else ''}, val top-1 {100 * val.top1:.2f}%, "
                   f"mean class {100 * val.mean_class_acc:.2f}%, lr {record['lr']:.4g}"
