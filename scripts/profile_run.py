@@ -5,8 +5,8 @@ Runs ``tllib_jtln.engine.trainer.train(cfg)`` once under cProfile and sums the c
 named functions (a phase whose functions are not found prints ``n/a``):
 
 - run: task and model build, method setup (the cost matrix's feature pass), training steps (the
-  ``train_time_s`` of ``metrics.jsonl``), validation (``evaluate`` outside the final pass), the
-  final test pass with plots and ``summary.json``, checkpoints; "other" is the rest of the wall
+  ``train_time_s`` of ``metrics.jsonl``), validation (every call of the trainer's ``evaluate`` but
+  the last, timed by a wrapper), the final test pass with plots and ``summary.json``, checkpoints; "other" is the rest of the wall
   time (imports, log folder).
 - step, averaged over the steps: data (``JointLoader.__next__`` and the device move),
   forward+backward (the method's ``losses`` and ``Tensor.backward``, OT taken out), OT (the
@@ -47,17 +47,24 @@ STEP_PARTS = [
 ]
 
 
-def cumulative(stats: pstats.Stats, patterns: list[tuple[str, str]], skip_callers: tuple[str, ...] = ()):
-    """Summed cumulative seconds of the functions matching ``patterns`` (None: none found); calls
-    from functions named in ``skip_callers`` are left out."""
+def cumulative(stats: pstats.Stats, patterns: list[tuple[str, str]]):
+    """Summed cumulative seconds of the functions matching ``patterns`` (None: none found)."""
     total, found = 0.0, False
-    for (path, _line, name), (_cc, _nc, _tt, ct, callers) in stats.stats.items():  # type: ignore[attr-defined]
+    for (path, _line, name), (_cc, _nc, _tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
         if any(fragment in path.replace("\\", "/") and name == fn for fragment, fn in patterns):
-            found = True
-            if skip_callers:
-                ct = sum(edge[3] for caller, edge in callers.items() if caller[2] not in skip_callers)
-            total += ct
+            found, total = True, total + ct
     return total if found else None
+
+
+def timed(calls: list[float], fn):
+    """``fn`` wrapped so that each call appends its duration (seconds) to ``calls``."""
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            calls.append(time.perf_counter() - start)
+    return wrapper
 
 
 def table(title: str, rows: list[tuple[str, float | None]], whole: float, unit: float = 1.0) -> str:
@@ -76,24 +83,26 @@ def main(argv: list[str] | None = None) -> int:
     from tllib_jtln.config import Config
     from tllib_jtln.engine.logdir import MetricsLog
     from tllib_jtln.engine.run import resolve_config
-    from tllib_jtln.engine.trainer import train
+    from tllib_jtln.engine import trainer
 
     args = vars(build_parser().parse_args(["train", *(sys.argv[1:] if argv is None else argv)]))
     flags = {k: v for k, v in args.items() if k in Config.field_names()}
     with tempfile.TemporaryDirectory() as tmp:
         given = {"log": str(Path(tmp) / "run"), "progress": False, "epochs": 2, "iters_per_epoch": 50, **flags}
         cfg = resolve_config(given)
+        evaluations: list[float] = []
+        trainer.evaluate = timed(evaluations, trainer.evaluate)
         profiler = cProfile.Profile()
         start = time.perf_counter()
         profiler.enable()
-        train(cfg)
+        trainer.train(cfg)
         profiler.disable()
         wall = time.perf_counter() - start
         records = MetricsLog(Path(cfg.log)).read()
     stats = pstats.Stats(profiler)
     training = sum(r.get("train_time_s", float("nan")) for r in records)
     steps = records[-1]["step"] if records else 0
-    validation = cumulative(stats, [("tllib_jtln/engine/evaluate.py", "evaluate")], skip_callers=("_finish",))
+    validation = sum(evaluations[:-1]) if evaluations else None
 
     run_rows = [(RUN_PHASES[0][0], cumulative(stats, RUN_PHASES[0][1])),
                 (RUN_PHASES[1][0], cumulative(stats, RUN_PHASES[1][1])),
