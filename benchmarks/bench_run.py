@@ -99,4 +99,4 @@ def test_engine_over_bare_loop(benchmark, tmp_path, name):
     engine, plain = statistics.median(engine_s), statistics.median(bare_s)
     benchmark.extra_info.update(engine_over_bare=engine / plain, engine_steps_per_s=1 / engine,
                                 bare_steps_per_s=1 / plain, steps_per_measure=steps[0], repeats=repeats)
-    benchmark.pedantic(bare, args=(iters,), rounds=1 if benchmark.disabled else 3, iterations=1)
+    benchmark.pedantic(bare, args=(iters,), rounds=1 if tiny else 3, iterations=1)
