@@ -122,6 +122,27 @@ def test_ot_small_pot_solve_batch(benchmark, small, small_ref):
     check_cost(transport, small_ref[0])
 
 
+# ---- the same problems on CUDA (scripts/gpu_smoke.sh runs these; skipped without a GPU)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def ours_cuda(p, q, cost, **kwargs):
+    out = ours(p, q, cost, **kwargs)
+    torch.cuda.synchronize()
+    return out
+
+
+@needs_cuda
+@pytest.mark.benchmark(group="ot-cuda")
+@pytest.mark.parametrize("size", ["large", "small"])
+def test_ot_ours_cuda(benchmark, request, size):
+    problem = request.getfixturevalue(size)
+    ref = request.getfixturevalue(f"{size}_ref")
+    transport, value, grad = benchmark(ours_cuda, *(t.cuda() for t in problem))
+    check_cost(transport.cpu(), ref[0])
+    assert torch.isfinite(grad).all()
+
+
 # ---- small eps: the float64 scaling regime (eps=0.01) and the log-domain regime (eps=1e-3)
 @pytest.mark.benchmark(group="ot-small-eps")
 def test_ot_large_ours_eps_0_01(benchmark, large):

@@ -274,3 +274,33 @@ def test_stop_after_env_is_parsed(monkeypatch):
     monkeypatch.setenv(STOP_AFTER_ENV, "two")
     with pytest.raises(UserError, match=STOP_AFTER_ENV):
         _stop_after_from_env()
+
+
+def test_setup_features_see_the_evaluation_transform(tmp_path):
+    """Cost-matrix features are an evaluation pass: the training augmentation never runs there."""
+    from tllib_jtln.data import TransferTask
+    from tllib_jtln.data.memory import TensorImages
+    from tllib_jtln.engine.trainer import Parts, make_feature_fn
+
+    def augment(image):
+        raise AssertionError("training augmentation ran in a feature pass")
+
+    def to_float(image):
+        return image.float().unsqueeze(0)
+
+    images, labels = torch.arange(12, dtype=torch.uint8).view(6, 1, 2).expand(6, 2, 2), torch.tensor([0, 1] * 3)
+    data = TensorImages(images, labels, ["a", "b"], augment)
+    task = TransferTask(name="t", target_train=data, target_val=data, target_test=data, target_classes=["a", "b"],
+                        source_train=data, source_classes=["a", "b"], in_chans=1, image_size=2,
+                        eval_transform=to_float)
+
+    class Mean(nn.Module):
+        def forward_features(self, x):
+            return x.flatten(1).mean(1, keepdim=True)
+
+    parts = Parts(cfg=Config(workers=0, progress=False), task=task, model=Mean(), device=torch.device("cpu"),
+                  info=D.DistInfo(), log_dir=tmp_path)
+    features = make_feature_fn(parts, {"epoch": 0})
+    for split in ("source", "target"):
+        feats, labs = features(split)
+        assert feats.flatten().tolist() == [float(2 * i) + 0.5 for i in range(6)] and labs.tolist() == labels.tolist()

@@ -188,6 +188,21 @@ def test_unknown_arch_suggests_close_names(name, close):
     assert "\n" not in message and f"unknown arch '{name}'" in message and repr(close) in message
 
 
+def test_arch_names_are_checked_without_listing_timm_registry(monkeypatch):
+    import timm
+
+    from tllib_jtln.models.backbones import _is_timm_name
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("timm.list_models was called")
+
+    monkeypatch.setattr(timm, "list_models", refuse)
+    monkeypatch.setattr(timm.models, "list_models", refuse)
+    assert _is_timm_name("resnet50") and _is_timm_name("resnet50.a1_in1k")
+    assert _is_timm_name("tf_efficientnet_lite0") and _is_timm_name("hf-hub:timm/resnet18.a1_in1k")
+    assert not _is_timm_name("resnet5O") and not _is_timm_name("smallcnn")
+
+
 def test_list_archs():
     names = list_archs()
     assert {"alexnet", "smallcnn", "resnet18", "vit_tiny_patch16_224"} <= set(names) and names == sorted(names)

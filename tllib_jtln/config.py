@@ -94,6 +94,8 @@ class Config:
     bottleneck_dim: Optional[int] = _opt(None, "optional bottleneck width between trunk and heads")
     finetune: bool = _opt(True, "backbone at 0.1x the heads' learning rate (TLlib's --finetune)")
     freeze_bn: bool = _opt(False, "keep BatchNorm statistics from pretraining (BN layers in eval mode)")
+    channels_last: bool = _opt(False, "use channels_last memory format for the model and batches")
+    cpu_bf16: bool = _opt(False, "bfloat16 autocast on the CPU")
 
     # --- optimisation (TLlib defaults)
     batch_size: int = _opt(48, "target mini-batch size", flags=("-b", "--batch-size"))

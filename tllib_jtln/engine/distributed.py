@@ -46,7 +46,9 @@ def env_info() -> DistInfo:
 def resolve_device(name: str, info: DistInfo) -> torch.device:
     """``--device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
 
-    Under DDP on CUDA each rank takes ``cuda:LOCAL_RANK``.
+    Under DDP on CUDA each rank takes ``cuda:LOCAL_RANK``. Asking for CUDA where there is none
+    (or for a device index beyond the visible ones) is a UserError naming ``--device cpu``/``auto``:
+    a run never falls back to the CPU silently.
     """
     name = (name or "auto").strip().lower()
     if name == "auto":
@@ -64,7 +66,9 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
             except (IndexError, ValueError):
                 raise UserError(f"--device {name}: expected cuda:N with an integer N") from None
         if index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+            count = torch.cuda.device_count()
+            raise UserError(f"--device {name}: only {count} CUDA device(s) visible (cuda:0..cuda:{count - 1}); "
+                            f"use one of them, --device cpu or auto")
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     raise UserError(f"--device {name}: expected auto, cpu, cuda or cuda:N")

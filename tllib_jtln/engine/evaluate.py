@@ -19,12 +19,17 @@ mass each target class draws from each source class (the transport view).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 
 from .distributed import all_reduce_sum
+from .precision import autocast_for
+
+#: Pixels (per channel) of one evaluation batch: 256 images of 64x64 on the CPU, of 224x224 on CUDA.
+EVAL_PIXEL_BUDGET = {"cpu": 256 * 64 * 64, "cuda": 256 * 224 * 224}
+MAX_EVAL_BATCH = 256
 
 
 @dataclass
@@ -54,14 +59,35 @@ def _split_batch(batch):
     return batch[0], batch[1]
 
 
-@torch.no_grad()
+def eval_batch_size(cfg: Any, image_size: Optional[int] = None, device: Optional[torch.device] = None) -> int:
+    """Images per evaluation batch, chosen for throughput.
+
+    Without gradients a forward pass's memory is a few activations per image, and larger batches
+    amortise the per-batch overhead (Python, kernel launches, data loading) until the compute
+    saturates, which happens at a roughly fixed number of pixels per batch. So:
+    ``n = min(256, budget // image_size**2)`` with a budget of 256 images of 64x64 px on the CPU
+    and of 224x224 px on CUDA, rounded down to a multiple of 8, and never below the training
+    batch size (which fits in memory together with its gradients). ``image_size`` defaults to
+    ``cfg.image_size`` (else 224); ``device`` to ``cfg.device`` (``cuda...`` or the CPU).
+    """
+    size = int(image_size or getattr(cfg, "image_size", None) or 224)
+    kind = device.type if device is not None else ("cuda" if str(cfg.device).startswith("cuda") else "cpu")
+    by_pixels = EVAL_PIXEL_BUDGET.get(kind, EVAL_PIXEL_BUDGET["cpu"]) // (size * size)
+    n = max(8, min(MAX_EVAL_BATCH, by_pixels) // 8 * 8)
+    return max(n, min(int(cfg.batch_size), MAX_EVAL_BATCH))
+
+
+@torch.inference_mode()
 def evaluate(model: nn.Module, loader, device: torch.device, num_classes: int, *,
-             source_mass: int = 0, amp: bool = False, keep_outputs: bool = False) -> EvalResult:
+             source_mass: int = 0, amp: bool = False, cpu_bf16: bool = False,
+             keep_outputs: bool = False) -> EvalResult:
     """Evaluate the target head of ``model`` on ``loader`` (see the module docstring for the math).
 
-    ``keep_outputs``: also return this process's logits and labels (``EvalResult.outputs``), so
-    that other views of the same images need no second forward pass.
-    """
+    Runs under ``torch.inference_mode`` (no autograd records, no version counters) and the
+    autocast of :func:`~tllib_jtln.engine.precision.autocast_for` (``amp`` on CUDA, ``cpu_bf16``
+    on the CPU); logits are compared in float32. ``keep_outputs``: also return this process's
+    logits and labels (``EvalResult.outputs``), so that other views of the same images need no
+    second forward pass."""
     net = _unwrap(model)
     was_training = net.training
     net.eval()
@@ -75,7 +101,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, num_classes: int, *
             images, labels = _split_batch(batch)
             images = images.to(device, non_blocking=True)
             labels = torch.as_tensor(labels).to(device, non_blocking=True).long()
-            with torch.autocast(device_type="cuda", enabled=amp and device.type == "cuda"):
+            with autocast_for(device, amp, cpu_bf16):
                 source_logits, target_logits = net(images)
             pred = target_logits.float().argmax(dim=1)
             count += torch.bincount(labels, minlength=num_classes).to(count.dtype)[:num_classes]

@@ -55,7 +55,8 @@ def plot_curves(records: Sequence[dict], path: str | Path) -> Path:
     fig = _figure(10, 4)
     ax_loss, ax_acc = fig.subplots(1, 2)
     epochs = [r.get("epoch") for r in records]
-    loss_keys = sorted({k for r in records for k in r if k.startswith("train_") and k not in ("train_steps", "train_time_s")})
+    not_losses = ("train_steps", "train_time_s")
+    loss_keys = sorted({k for r in records for k in r if k.startswith("train_") and k not in not_losses})
     for key in loss_keys:
         xs = [e for e, r in zip(epochs, records) if isinstance(r.get(key), (int, float))]
         ys = [r[key] for r in records if isinstance(r.get(key), (int, float))]

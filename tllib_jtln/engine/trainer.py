@@ -42,10 +42,11 @@ from ..errors import UserError
 from . import distributed as D
 from .checkpoint import (FORMAT, load_checkpoint, rng_state, save_checkpoint, seed_everything,
                          set_rng_state)
-from .evaluate import EvalResult, evaluate
+from .evaluate import EvalResult, eval_batch_size, evaluate
 from .logdir import (MetricsLog, best_checkpoint, check_free_space, clear_run, last_checkpoint, prepare_log_dir,
                      release_log_dirs, write_config, write_env, write_summary)
 from .plots import plot_curves, save_transport
+from .precision import autocast_context
 from .selection import check_validation, no_validation_result, selection_fields, selection_of
 
 
@@ -295,6 +296,8 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
                               clear=False)
     if cfg.amp and device.type != "cuda":
         _say(is_main, "note: --amp has no effect on the CPU (mixed precision runs on CUDA only)")
+    if cfg.cpu_bf16 and device.type != "cpu":
+        _say(is_main, "note: --cpu-bf16 has no effect on CUDA (use --amp there)")
     amp = bool(cfg.amp and device.type == "cuda")
 
     seed_everything(cfg.seed)
@@ -314,7 +317,7 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
         _say(True, task.summary() if hasattr(task, "summary") else task.name)
     D.barrier()
     parts = Parts(cfg=cfg, task=task, model=model, device=device, info=info, log_dir=log_dir,
-                  eval_batch_size=max(64, 2 * cfg.batch_size))
+                  eval_batch_size=eval_batch_size(cfg, task.image_size, device))
     check_validation(cfg, task)
     stages = method.stages()
     if any(stage.uses_source for stage in stages) and task.source_train is None:
@@ -372,9 +375,10 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
         method.on_epoch_start(epoch, ctx)
         _share_method_state(method, info, device)
         t_epoch = time.time()
-        record = _train_epoch(parts, method, net, run, state, epoch, total_epochs, amp)
+        record = _train_epoch(parts, method, net, run, state, epoch, total_epochs)
         if run.stage.selects:
-            val = (evaluate(net, val_loader, device, len(task.target_classes), amp=amp) if val_loader is not None
+            val = (evaluate(net, val_loader, device, len(task.target_classes), amp=amp,
+                            cpu_bf16=cfg.cpu_bf16) if val_loader is not None
                    else no_validation_result())
             record.update(val_top1=val.top1, val_mean_class_acc=val.mean_class_acc)
             improved = _better(record, state.best)
@@ -494,7 +498,7 @@ def _load_resume_checkpoint(log_dir: Path, cfg: Config, num_stages: int) -> dict
 
 
 def _train_epoch(parts: Parts, method, net: nn.Module, run: StageRun, state: TrainState, epoch: int,
-                 total_epochs: int, amp: bool) -> dict:
+                 total_epochs: int) -> dict:
     """``--iters-per-epoch`` steps of ``run``'s stage; returns the epoch's record (means of the loss terms
     and of the method's step statistics, over processes). The non-finite policy: stop naming the
     epoch, step and term, or skip the step under ``--skip-nonfinite``."""
@@ -509,13 +513,13 @@ def _train_epoch(parts: Parts, method, net: nn.Module, run: StageRun, state: Tra
     net.train()
     bar = _Bar(cfg.progress, info.is_main, cfg.iters_per_epoch, f"epoch {epoch + 1}/{total_epochs}"
                + (f" ({run.stage.name})" if run.stage.name != cfg.method else ""), cfg.print_freq)
-    t_train = time.time()
+    t_train = time.perf_counter()
     try:
         for i in range(1, cfg.iters_per_epoch + 1):
             batch = run.next_batch(device)
             for stream, n in seen.items():
                 state.images_seen[stream] += n
-            with torch.autocast(device_type="cuda", enabled=amp):
+            with autocast_context(device, cfg):
                 terms = method.losses(net, batch, state.step / total_steps)
             if not terms:
                 raise UserError(f"method '{cfg.method}' returned no loss terms at step {state.step}")
@@ -542,7 +546,7 @@ def _train_epoch(parts: Parts, method, net: nn.Module, run: StageRun, state: Tra
             bar.update(i, values)
     finally:
         bar.close()
-    train_time = time.time() - t_train
+    train_time = time.perf_counter() - t_train
     group = optimizer.param_groups[0]  # the base rate (heads) during this epoch
     epoch_lr = cfg.lr * group["lr"] / group.get("initial_lr", group["lr"])
     run.scheduler.step()
@@ -641,7 +645,7 @@ def _finish(parts: Parts, method, state: TrainState, wall: float) -> dict:
     ks = len(source_names) if source_names else 0
     amp = bool(cfg.amp and parts.device.type == "cuda")
     result = evaluate(parts.model, _eval_loader(task.target_test, parts), parts.device, len(task.target_classes),
-                      source_mass=ks, amp=amp)
+                      source_mass=ks, amp=amp, cpu_bf16=cfg.cpu_bf16)
     plan = _validation_plan(parts, method, amp) if ks else None
     summary = {
         "method": cfg.method, "data": task.name, "arch": cfg.arch, "seed": cfg.seed,
@@ -680,7 +684,7 @@ def _validation_plan(parts: Parts, method, amp: bool) -> Optional[torch.Tensor]:
     if plan_fn is None or not parts.task.target_val:
         return None
     val = evaluate(parts.model, _eval_loader(parts.task.target_val, parts, shard=False), parts.device,
-                   len(parts.task.target_classes), amp=amp, keep_outputs=True)
+                   len(parts.task.target_classes), amp=amp, cpu_bf16=parts.cfg.cpu_bf16, keep_outputs=True)
     return plan_fn(*val.outputs) if val.outputs is not None else None
 
 
@@ -708,14 +712,15 @@ def evaluate_run(cfg: Config) -> dict:
             raise UserError(f"{ckpt_path} does not fit the model of {log_dir}/config.yaml ({first[:160]})") from None
         model = model.to(device)
         parts = Parts(cfg=cfg, task=task, model=model, device=device, info=info, log_dir=log_dir,
-                      eval_batch_size=max(64, 2 * cfg.batch_size))
+                      eval_batch_size=eval_batch_size(cfg, task.image_size, device))
         amp = bool(cfg.amp and device.type == "cuda")
         n = len(task.target_classes)
         out: dict = {"best_epoch": ckpt.get("epoch")}
         results: dict[str, EvalResult] = {}
         for split, dataset in (("val", task.target_val), ("test", task.target_test)):
             if dataset is not None and len(dataset):
-                results[split] = evaluate(model, _eval_loader(dataset, parts), device, n, amp=amp)
+                results[split] = evaluate(model, _eval_loader(dataset, parts), device, n, amp=amp,
+                                          cpu_bf16=cfg.cpu_bf16)
                 out.update(results[split].as_dict(split))
         if info.is_main:
             parts_text = ", ".join(f"{s} top-1 {100 * r.top1:.2f}% (mean class {100 * r.mean_class_acc:.2f}%)"

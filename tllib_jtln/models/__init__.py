@@ -12,7 +12,9 @@ from .backbones import (AlexNetBackbone, Backbone, TimmBackbone, create_backbone
                         list_archs, load_weights_file)
 from .classifier import JointClassifier, build_model
 from .efficientnet_lite0 import lite0_weights_path
+from .memory_format import apply_memory_format
 from .smallcnn import SmallCNN
 
 __all__ = ["Backbone", "TimmBackbone", "AlexNetBackbone", "SmallCNN", "create_backbone", "list_archs",
-           "load_weights_file", "imagenet_class_names", "JointClassifier", "build_model", "lite0_weights_path"]
+           "load_weights_file", "imagenet_class_names", "JointClassifier", "build_model", "lite0_weights_path",
+           "apply_memory_format"]

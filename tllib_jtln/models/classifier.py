@@ -25,6 +25,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import UserError
 from .backbones import Backbone, create_backbone
+from .memory_format import apply_memory_format
 
 
 class JointClassifier(nn.Module):
@@ -160,7 +161,8 @@ def build_model(cfg: Any, task: Any) -> JointClassifier:
     agreeing), or with no source data at all (source-free), the backbone's pretrained classifier;
     otherwise a new ``Linear`` over ``len(task.source_classes)`` classes (or none).
     Source-free runs set the source head's learning-rate multiplier to ``cfg.source_head_lr``
-    (0: frozen). ``cfg.freeze_bn`` keeps the trunk's BatchNorm statistics.
+    (0: frozen). ``cfg.freeze_bn`` keeps the trunk's BatchNorm statistics; ``cfg.channels_last``
+    puts the weights in ``channels_last`` layout (:func:`apply_memory_format`).
     """
     image_size = getattr(task, "image_size", None) or cfg.image_size
     backbone = create_backbone(cfg.arch, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file,
@@ -185,4 +187,4 @@ def build_model(cfg: Any, task: Any) -> JointClassifier:
                             source_head_lr=cfg.source_head_lr if source_free else 1.0, source_classes=names)
     if cfg.freeze_bn:
         model.freeze_bn()
-    return model
+    return apply_memory_format(model, cfg)
