@@ -59,6 +59,7 @@ def bare_step(cfg: Config, log_dir: str | Path, *, compile_model: bool = False, 
     parts = Parts(cfg=cfg, task=task, model=model, device=device, info=D.DistInfo(), log_dir=Path(log_dir))
     ctx = make_context(parts, {"epoch": 0})
     method.setup(ctx)
+    method.on_stage_start(0, ctx)  # as the engine: the first stage, then its first epoch
     method.on_epoch_start(0, ctx)
     optimizer, _ = build_optimizer(cfg, model)
     gen = torch.Generator().manual_seed(seed)
