@@ -12,7 +12,8 @@ from .datasets import DATASETS, INFO, canonical_name, prepare_dataset
 from .imagelist import BadImageWarning, ImageList, read_image_list
 from .joint import JointBatch, JointLoader, eval_loader
 from .sampling import cap_per_class, split_per_class
-from .task import TransferTask, build_task
+from .task import build_task
+from .transfer_task import TransferTask
 
 __all__ = [
     "DATASETS", "INFO", "BadImageWarning", "ImageList", "JointBatch", "JointLoader", "TransferTask",

@@ -32,8 +32,9 @@ import torch
 
 from ..errors import UserError
 from .memory import TensorImages
-from .sampling import STREAM_SOURCE, cap_per_class, check_validation_left, data_seed
-from .val_split import resolve_val_split, split_pool
+from .sampling import STREAM_SOURCE, cap_per_class, data_seed
+from .transfer_task import TransferTask
+from .val_split import carve_target, resolve_val_split
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
            "Ankle boot")
@@ -152,9 +153,7 @@ def fashion_mnist(root: Optional[str | Path], split: str = "train", *, download:
 
 
 def build_fashion_mnist_task(cfg, train_transform: Callable, eval_transform: Callable, image_size: int):
-    """The embedded task as a :class:`~tllib_jtln.data.task.TransferTask` (see the module docstring)."""
-    from .task import TransferTask
-
+    """The embedded task as a :class:`~tllib_jtln.data.transfer_task.TransferTask` (see the module docstring)."""
     if cfg.sample_rate != 100:
         raise UserError(f"-sr/--sample-rate {cfg.sample_rate}: the embedded Fashion-MNIST task has no list files "
                         f"to pick from; use -K to draw K images per class")
@@ -173,17 +172,11 @@ def build_fashion_mnist_task(cfg, train_transform: Callable, eval_transform: Cal
 
     t_images, t_labels = _relabelled(train_images, train_labels, TARGET_LABELS)
     pool = TensorImages(t_images, t_labels, target_classes)
-    choice = resolve_val_split(cfg, embedded=True)
-    train_idx, val_idx = split_pool(t_labels.numpy(), choice, k, cfg.val_per_class, data_seed(cfg))
-    if choice in ("rest", "train"):
-        check_validation_left(t_labels.numpy(), val_idx, k, cfg.val_per_class)
-    target_train = pool.subset(train_idx, train_transform)
     x_test, y_test = _relabelled(test_images, test_labels, TARGET_LABELS)
     target_test = TensorImages(x_test, y_test, target_classes, eval_transform)
-    if choice == "test":
-        target_val = target_test
-    else:
-        target_val = pool.subset(val_idx, eval_transform) if val_idx is not None and len(val_idx) else None
+    target_train, target_val = carve_target(pool, t_labels.numpy(), resolve_val_split(cfg, embedded=True), k,
+                                            cfg.val_per_class, data_seed(cfg), (train_transform, eval_transform),
+                                            target_test)
     return TransferTask(name="FashionMNIST", target_train=target_train, target_val=target_val,
                         target_test=target_test, target_classes=target_classes, source_train=source,
                         source_classes=source_classes, in_chans=1, image_size=image_size,

@@ -1,4 +1,4 @@
-"""A transfer task: the target splits, the optional source set, and their class names.
+"""Building a :class:`~tllib_jtln.data.transfer_task.TransferTask` from a run's settings.
 
 :func:`build_task` turns a :class:`~tllib_jtln.config.Config` into a :class:`TransferTask`:
 
@@ -20,66 +20,18 @@ images to spare; under ``--val-split test`` it is the test set.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Callable, Optional
-
-from torch.utils.data import Dataset
+from typing import Optional
 
 from ..errors import UserError
+from .datasets import DATASETS, canonical_name
+from .fashion_mnist import build_fashion_mnist_task
 from .imagelist import check_labels
-from .sampling import STREAM_SOURCE, cap_per_class, check_validation_left, data_seed
-from .val_split import outside_list, resolve_val_split, split_pool
+from .sampling import STREAM_SOURCE, cap_per_class, data_seed
+from .transfer_task import TransferTask
 from .transforms import build_transforms, check_tllib_options, embedded_transforms, tllib_options
+from .val_split import carve_target, outside_list, resolve_val_split
 
-
-@dataclass
-class TransferTask:
-    """The data of one run. Datasets yield ``(image (in_chans, image_size, image_size) float, label)``."""
-
-    name: str
-    target_train: Dataset
-    target_val: Optional[Dataset]
-    target_test: Dataset
-    target_classes: list
-    source_train: Optional[Dataset] = None
-    source_classes: Optional[list] = None
-    in_chans: int = 3
-    image_size: int = 224
-    eval_transform: Optional[Callable] = None
-
-    def eval_view(self, split: str) -> Dataset:
-        """``source``/``target`` training images with the evaluation transform (no augmentation):
-        what cost matrices and feature caches should see."""
-        dataset = {"source": self.source_train, "target": self.target_train}.get(split)
-        if dataset is None:
-            raise ValueError(f"eval_view: no '{split}' training set (source or target)")
-        if self.eval_transform is None or not hasattr(dataset, "subset"):
-            return dataset
-        return dataset.subset(range(len(dataset)), self.eval_transform)
-
-    @property
-    def num_source_classes(self) -> int:
-        return len(self.source_classes) if self.source_classes is not None else 0
-
-    @property
-    def num_target_classes(self) -> int:
-        return len(self.target_classes)
-
-    def bad_images(self) -> list[str]:
-        """Files skipped as unreadable so far in any split (``--skip-bad-images``; found at load time)."""
-        found: list[str] = []
-        for dataset in (self.source_train, self.target_train, self.target_val, self.target_test):
-            found += getattr(dataset, "bad_images", None) or []
-        return sorted(set(found))
-
-    def summary(self) -> str:
-        """One line: sizes of every split (for logs)."""
-        parts = [f"target train {len(self.target_train)}",
-                 f"val {len(self.target_val) if self.target_val is not None else 0}",
-                 f"test {len(self.target_test)} ({self.num_target_classes} classes)"]
-        if self.source_train is not None:
-            parts.append(f"source {len(self.source_train)} ({self.num_source_classes} classes)")
-        return f"{self.name}: " + ", ".join(parts)
+__all__ = ["TransferTask", "build_task", "is_embedded"]
 
 
 def is_embedded(cfg) -> bool:
@@ -89,23 +41,11 @@ def is_embedded(cfg) -> bool:
 
 def build_task(cfg, data_config: Optional[dict] = None) -> TransferTask:
     """The :class:`TransferTask` of ``cfg`` (``data_config``: timm's, for ``--transforms timm``)."""
-    from .datasets import DATASETS, canonical_name
-    from .fashion_mnist import build_fashion_mnist_task
-
     if cfg.transforms == "timm" and not data_config:
         raise UserError("--transforms timm needs the backbone's data config (timm backbones provide it); "
                         "use --transforms tllib or small for this backbone")
     if is_embedded(cfg):
-        no_source = cfg.source_data is not None and cfg.source_data.lower() == "none"
-        if cfg.source_data is not None and not no_source:
-            raise UserError("--source-data: the embedded Fashion-MNIST task brings its own source classes; "
-                            "give -d/--data with --root to use another source set, or --source-data none "
-                            "for its target classes alone (source-free, with a pretrained head)")
-        check_tllib_options(tllib_options(cfg), "embedded (1-channel Fashion-MNIST)")
-        train_tf, eval_tf, size = embedded_transforms(cfg.transforms, cfg.image_size, data_config)
-        task = build_fashion_mnist_task(cfg, train_tf, eval_tf, size)
-        return dataclasses.replace(task, source_train=None, source_classes=None) if no_source else task
-
+        return _embedded_task(cfg, data_config)
     name = canonical_name(cfg.data)
     builder = DATASETS.get(name)
     kind = "tllib" if cfg.transforms == "auto" else cfg.transforms
@@ -113,39 +53,44 @@ def build_task(cfg, data_config: Optional[dict] = None) -> TransferTask:
     common = dict(download=cfg.download, skip_bad_images=cfg.skip_bad_images)
     pool = builder(cfg.root, "train", sample_rate=cfg.sample_rate, **common)
     test = builder(cfg.root, "test", sample_rate=100, transform=eval_tf, **common)
-    if cfg.num_samples_per_class is not None and cfg.num_samples_per_class < 1:
-        raise UserError(f"--num-samples-per-class must be >= 1, got {cfg.num_samples_per_class}")
-    choice = resolve_val_split(cfg)
-    train_idx, val_idx = split_pool(pool.targets, choice, cfg.num_samples_per_class, cfg.val_per_class,
-                                    data_seed(cfg))
-    if choice in ("rest", "train") and val_idx is not None:
-        check_validation_left(pool.targets, val_idx, cfg.num_samples_per_class, cfg.val_per_class)
     check_labels(test, len(pool.classes), "test")
-    if len(train_idx) == 0:
-        raise UserError(f"dataset {name}: no training images left after the validation carve")
-    target_train = pool.subset(train_idx, train_tf)
+    choice = resolve_val_split(cfg)
+    target_train, target_val = carve_target(pool, pool.targets, choice, cfg.num_samples_per_class,
+                                            cfg.val_per_class, data_seed(cfg), (train_tf, eval_tf), test, name)
     if choice == "rest" and cfg.num_samples_per_class is None:
         target_val = _outside_sampled_list(builder, cfg, pool, common, eval_tf, name)
-    elif choice == "test":
-        target_val = test
-    else:
-        target_val = pool.subset(val_idx, eval_tf) if val_idx is not None and len(val_idx) else None
-
-    source, source_classes = None, None
-    if cfg.source_data is not None:
-        source_name = canonical_name(cfg.source_data)
-        if source_name == "FashionMNIST":
-            raise UserError("--source-data FashionMNIST is single-channel; use it through the embedded task "
-                            "(no -d) or convert it to an ImageFolder")
-        if cfg.source_root is None:
-            raise UserError(f"--source-data {source_name} needs --source-root (its dataset folder)")
-        full = DATASETS.get(source_name)(cfg.source_root, "train", sample_rate=100, **common)
-        keep = cap_per_class(full.targets, cfg.source_per_class, data_seed(cfg), STREAM_SOURCE)
-        source = full.subset(keep, train_tf)
-        source_classes = list(full.classes)
+    source, source_classes = _source_set(cfg, train_tf, common)
     return TransferTask(name=name, target_train=target_train, target_val=target_val, target_test=test,
                         target_classes=list(pool.classes), source_train=source, source_classes=source_classes,
                         in_chans=3, image_size=size, eval_transform=eval_tf)
+
+
+def _embedded_task(cfg, data_config: Optional[dict]) -> TransferTask:
+    """The embedded Fashion-MNIST task (``--source-data none``: without its source set)."""
+    no_source = cfg.source_data is not None and cfg.source_data.lower() == "none"
+    if cfg.source_data is not None and not no_source:
+        raise UserError("--source-data: the embedded Fashion-MNIST task brings its own source classes; "
+                        "give -d/--data with --root to use another source set, or --source-data none "
+                        "for its target classes alone (source-free, with a pretrained head)")
+    check_tllib_options(tllib_options(cfg), "embedded (1-channel Fashion-MNIST)")
+    train_tf, eval_tf, size = embedded_transforms(cfg.transforms, cfg.image_size, data_config)
+    task = build_fashion_mnist_task(cfg, train_tf, eval_tf, size)
+    return dataclasses.replace(task, source_train=None, source_classes=None) if no_source else task
+
+
+def _source_set(cfg, train_tf, common: dict):
+    """``(source training set, its class names)`` of ``--source-data`` (``(None, None)`` without one)."""
+    if cfg.source_data is None:
+        return None, None
+    source_name = canonical_name(cfg.source_data)
+    if source_name == "FashionMNIST":
+        raise UserError("--source-data FashionMNIST is single-channel; use it through the embedded task "
+                        "(no -d) or convert it to an ImageFolder")
+    if cfg.source_root is None:
+        raise UserError(f"--source-data {source_name} needs --source-root (its dataset folder)")
+    full = DATASETS.get(source_name)(cfg.source_root, "train", sample_rate=100, **common)
+    keep = cap_per_class(full.targets, cfg.source_per_class, data_seed(cfg), STREAM_SOURCE)
+    return full.subset(keep, train_tf), list(full.classes)
 
 
 def _outside_sampled_list(builder, cfg, sampled, common: dict, eval_tf, name: str):

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import UserError
-from .sampling import STREAM_TARGET, cap_per_class, split_per_class
+from .sampling import STREAM_TARGET, cap_per_class, check_validation_left, split_per_class
 
 VAL_SPLITS = ("auto", "rest", "train", "test", "none")
 #: stream id of the validation draw outside a sampled list (see sampling.py)
@@ -79,3 +79,25 @@ def outside_list(pool_keys: Sequence, pool_targets: Sequence[int], sampled_keys:
         return outside[:0]
     keep = cap_per_class(np.asarray(pool_targets, dtype=np.int64)[outside], val_per_class, seed, STREAM_VAL)
     return outside[keep]
+
+
+def carve_target(pool, targets: Sequence[int], choice: str, num_per_class: Optional[int], val_per_class: int,
+                 seed: int, transforms: tuple, test, name: str = "target"):
+    """``(target_train, target_val)`` of one training ``pool`` under ``choice`` (:func:`split_pool`).
+
+    ``pool`` has ``subset(indices, transform)`` and ``targets`` its labels; ``transforms`` is
+    ``(train transform, eval transform)``; ``test`` is the test set (the validation set under
+    ``--val-split test``). ``target_val`` is None when nothing is carved (``none``, ``rest``
+    without ``num_per_class``: the caller takes it from outside the list). A ``-K`` that leaves
+    no image for validation, or a carve that leaves none for training, is a UserError.
+    """
+    train_tf, eval_tf = transforms
+    train_idx, val_idx = split_pool(targets, choice, num_per_class, val_per_class, seed)
+    if choice in ("rest", "train") and val_idx is not None:
+        check_validation_left(targets, val_idx, num_per_class, val_per_class)
+    if len(train_idx) == 0:
+        raise UserError(f"dataset {name}: no training images left after the validation carve")
+    target_train = pool.subset(train_idx, train_tf)
+    if choice == "test":
+        return target_train, test
+    return target_train, (pool.subset(val_idx, eval_tf) if val_idx is not None and len(val_idx) else None)
