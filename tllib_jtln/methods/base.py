@@ -208,13 +208,13 @@ def source_head_probs(model: nn.Module, features: Tensor, device: torch.device |
                       chunk: int = 4096) -> Tensor:
     """Source-head softmax ``(N, Ks)`` on trunk features ``(N, D)``, the model in eval mode, on the CPU.
 
-    ``model`` is the unwrapped :class:`~tllib_jtln.models.JointClassifier` (its ``heads``).
+    ``model`` is the unwrapped :class:`~tllib_jtln.models.JointClassifier` (its ``forward_head``).
     """
     was_training = model.training
     model.eval()
     try:
         device = device if device is not None else next(model.parameters()).device
-        out = [torch.softmax(model.heads(features[i:i + chunk].to(device))[0].float(), dim=1).cpu()
+        out = [torch.softmax(model.forward_head(features[i:i + chunk].to(device))[0].float(), dim=1).cpu()
                for i in range(0, features.shape[0], chunk)]
     finally:
         model.train(was_training)

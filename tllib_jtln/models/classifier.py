@@ -14,6 +14,11 @@ Shape:
     - ``forward`` output: ``(source_logits (B, Ks), target_logits (B, Kt))``, in one call so that
       DistributedDataParallel sees every parameter use; ``Ks = 0`` gives ``(B, 0)`` logits.
     - ``forward_features`` output: ``(B, D)`` pooled trunk features (pre-bottleneck).
+    - ``forward_head(features)`` output: ``(source_logits (B, Ks), target_logits (B, Kt))``;
+      ``forward_head(features, pre_logits=True)``: ``(B, head_dim)``, what the target head reads.
+
+The head vocabulary is timm's: ``forward(x) = forward_head(forward_features(x))``,
+``get_classifier()`` is the target head (the new task's classifier; ``source_head`` beside it).
 """
 from __future__ import annotations
 
@@ -23,8 +28,8 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..errors import UserError
-from .backbones import Backbone, create_backbone
+from .backbones import create_backbone
+from .base import Backbone
 from .memory_format import apply_memory_format
 
 
@@ -85,9 +90,12 @@ class JointClassifier(nn.Module):
         """Pooled trunk features ``(B, D)`` (what cost matrices are built from)."""
         return self.backbone(x)
 
-    def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both heads on trunk features ``(B, D)`` -> ``((B, Ks), (B, Kt))``."""
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False):
+        """Both heads on trunk features ``(B, D)`` -> ``((B, Ks), (B, Kt))``; ``pre_logits``: the
+        bottleneck output ``(B, head_dim)`` the target head reads, as timm's ``forward_head``."""
         b = self.bottleneck(features)
+        if pre_logits:
+            return b
         target_logits = self.target_head(b)
         if self.source_head is None:
             source_logits = features.new_zeros(features.shape[0], 0)
@@ -96,13 +104,17 @@ class JointClassifier(nn.Module):
         return source_logits, target_logits
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.heads(self.forward_features(x))
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        """The target head ``nn.Linear(head_dim, Kt)`` (timm's name for a model's classifier)."""
+        return self.target_head
 
     # ------------------------------------------------------------------ optimisation
     def set_source_head_lr(self, multiplier: float) -> None:
         """Set the source head's learning-rate multiplier; 0 freezes its parameters."""
         if multiplier < 0:
-            raise UserError(f"--source-head-lr must be >= 0, got {multiplier}")
+            raise ValueError(f"multiplier: the source head's learning-rate multiplier must be >= 0, got {multiplier}")
         self.source_head_lr = float(multiplier)
         if self.source_head is not None:
             self.source_head.requires_grad_(multiplier > 0)

@@ -10,10 +10,13 @@ Shape:
 """
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import torch
 import torch.nn as nn
 
-from .backbones import Backbone
+from .base import Backbone, register_arch
+from .weights import load_strict, load_weights_file
 
 WIDTHS = (32, 64, 128, 128)
 
@@ -43,3 +46,13 @@ class SmallCNN(Backbone):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.blocks(x)).flatten(1)
+
+
+@register_arch("smallcnn")
+def smallcnn(*, pretrained: bool, pretrained_file: Any = None, in_chans: int = 3,
+             image_size: Optional[int] = None) -> SmallCNN:
+    """A fresh :class:`SmallCNN` (it has no pretrained weights), or the weights of ``pretrained_file``."""
+    net = SmallCNN(in_chans=in_chans, image_size=image_size or 28)
+    if pretrained_file is not None:
+        load_strict(net, load_weights_file(pretrained_file), pretrained_file, "smallcnn")
+    return net
