@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import check_eps
 from .solver import SinkhornResult, sinkhorn
 
 __all__ = ["WassersteinLoss", "onehot_transport_cost", "smooth_histogram", "entropy"]
@@ -112,6 +113,13 @@ class WassersteinLoss(nn.Module):
 
     After a call, ``last_result`` holds the :class:`SinkhornResult` (``n_iter``, ``converged``,
     ``transport_cost``), or ``None`` when the closed form was used.
+
+    Example:
+        >>> loss_fn = WassersteinLoss(eps=0.1, reduction="none")
+        >>> logits = torch.zeros(3, 4, requires_grad=True)  # (B, Ks)
+        >>> loss = loss_fn(logits, torch.full((3, 5), 0.2), torch.rand(4, 5))  # q (B, Kt), M (Ks, Kt)
+        >>> loss.shape
+        torch.Size([3])
     """
 
     def __init__(self, eps: float = 0.1, max_iter: int = 100, tol: float = 1e-6, smooth: float = 1e-3,
@@ -123,8 +131,7 @@ class WassersteinLoss(nn.Module):
             raise ValueError(f"reduction: must be one of {', '.join(_REDUCTIONS)}, got {reduction!r}")
         if not 0 <= smooth < 1:
             raise ValueError(f"smooth: the uniform mixing weight must lie in [0, 1), got {smooth!r}")
-        if not eps > 0:
-            raise ValueError(f"eps: entropic regularisation must be > 0, got {eps!r}")
+        check_eps(eps)
         self.eps, self.max_iter, self.tol = float(eps), int(max_iter), float(tol)
         self.smooth, self.reduction, self.reg = float(smooth), reduction, reg
         self.last_result: Optional[SinkhornResult] = None

@@ -28,6 +28,8 @@ Three numerically exact regimes, chosen from :math:`R = (\max M - \min M)/\varep
   (a log-sum-exp over ``B x Ks x Kt`` per half step), slower but exact for any ``eps``.
 
 A non-finite intermediate in the scaling regimes (never expected) falls back to the log domain.
+That is ``method="auto"``; as in POT, ``method="scaling"`` or ``method="log"`` runs one regime
+explicitly (``SinkhornResult.method`` says which ran).
 
 Exact zeros in ``p`` or ``q`` are treated as the smallest normal number of the dtype
 (``torch.finfo(dtype).tiny``): values change by less than that mass, and the potentials stay
@@ -47,14 +49,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["SinkhornResult", "sinkhorn"]
+from .checks import check_problem
+
+__all__ = ["METHODS", "SinkhornResult", "sinkhorn"]
 
 #: iterations between two marginal-error checks (each check is one host sync)
 CHECK_EVERY = 10
 #: largest cost range / eps for the scaling iterations in a given dtype
 _MAX_RANGE = {torch.float32: 40.0, torch.float64: 400.0}
-#: tolerance on ``sum(histogram) == 1`` per dtype
-_MASS_ATOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float32: 1e-4, torch.float64: 1e-6}
 
 
 @dataclass
@@ -114,57 +116,6 @@ class _EntropicOTValue(torch.autograd.Function):
             plan = torch.exp((f[:, :, None] + g[:, None, :] - cost.to(f.dtype)) / ctx.eps)
             grad_cost = torch.einsum("b,bij->ij", grad.to(f.dtype), plan).to(cost.dtype)
         return grad_p, grad_q, grad_cost, None, None, None
-
-
-def _check_inputs(p: Tensor, q: Tensor, cost: Tensor, eps: float, max_iter: int, tol: float) -> tuple[float, float]:
-    """Raise ValueError naming the argument for any malformed input; return ``(min(cost), max(cost))``.
-
-    The data checks cost six reductions and one host sync; the detailed diagnosis runs only on failure.
-    """
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps: entropic regularisation must be a finite number > 0, got {eps!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter: must be an integer >= 1, got {max_iter!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
-        raise ValueError(f"tol: must be a number >= 0, got {tol!r}")
-    for name, x in (("p", p), ("q", q), ("cost", cost)):
-        if not isinstance(x, Tensor):
-            raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise ValueError(f"{name}: expected a floating-point tensor, got {x.dtype}")
-        if x.dim() != 2:
-            raise ValueError(f"{name}: expected a 2-D tensor, got shape {tuple(x.shape)}")
-    if p.shape[0] != q.shape[0]:
-        raise ValueError(f"q: batch size {q.shape[0]} does not match p's {p.shape[0]} (p is (B, Ks), q is (B, Kt))")
-    if tuple(cost.shape) != (p.shape[1], q.shape[1]):
-        raise ValueError(f"cost: shape {tuple(cost.shape)} does not match (Ks, Kt) = ({p.shape[1]}, {q.shape[1]}) "
-                         "from p (B, Ks) and q (B, Kt)")
-    if p.shape[0] == 0 or p.shape[1] == 0 or q.shape[1] == 0:
-        raise ValueError(f"p, q: empty histograms, shapes {tuple(p.shape)} and {tuple(q.shape)}")
-    if not (p.device == q.device == cost.device):
-        raise ValueError(f"cost: p, q and cost must be on one device, got {p.device}, {q.device}, {cost.device}")
-    p, q, cost = p.detach(), q.detach(), cost.detach()
-    # min/max propagate NaN, sums propagate NaN and inf
-    stats = [p.min(), q.min(), (p.sum(1) - 1).abs().max(), (q.sum(1) - 1).abs().max(), cost.min(), cost.max()]
-    if p.dtype == q.dtype == cost.dtype:
-        stats = torch.stack(stats).tolist()
-    else:
-        stats = [x.item() for x in stats]
-    for name, x, low, off in (("p", p, stats[0], stats[2]), ("q", q, stats[1], stats[3])):
-        if not (math.isfinite(low) and math.isfinite(off)):
-            raise ValueError(f"{name}: histogram contains NaN or inf")
-        if low < 0:
-            raise ValueError(f"{name}: histogram has negative entries ({low:.3g}); pass probabilities (e.g. a softmax)")
-        if off > _MASS_ATOL.get(x.dtype, 1e-4):
-            raise ValueError(f"{name}: every row must sum to 1 (within {_MASS_ATOL.get(x.dtype, 1e-4):g}), "
-                             f"worst row is off by {off:.3g}; normalise it")
-    c_min, c_max = stats[4], stats[5]
-    if not (math.isfinite(c_min) and math.isfinite(c_max)):
-        raise ValueError("cost: contains NaN or inf; fix the cost matrix")
-    if c_min < 0:
-        raise ValueError(f"cost: has negative entries (min {c_min:.3g}); an OT cost must be >= 0 "
-                         "(shift it by its minimum)")
-    return c_min, c_max
 
 
 def _scaling(p: Tensor, q: Tensor, cost: Tensor, eps: float, max_iter: int, tol: float, c_min: float):
@@ -229,8 +180,12 @@ def _log_domain(p: Tensor, q: Tensor, cost: Tensor, eps: float, max_iter: int, t
     return eps * fs, eps * gs, transport, n_iter, err, worst
 
 
+#: the ``method`` choices of :func:`sinkhorn`, as POT's ``ot.sinkhorn(..., method=...)``
+METHODS = ("auto", "scaling", "log")
+
+
 def sinkhorn(p: Tensor, q: Tensor, cost: Tensor, eps: float, max_iter: int = 1000, tol: float = 1e-6,
-             check_inputs: bool = True) -> SinkhornResult:
+             check_inputs: bool = True, method: str = "auto") -> SinkhornResult:
     r"""Solve a batch of entropic OT problems sharing one cost matrix.
 
     .. math::
@@ -246,23 +201,33 @@ def sinkhorn(p: Tensor, q: Tensor, cost: Tensor, eps: float, max_iter: int = 100
         tol: stop when every sample's target-marginal L1 error :math:`\|P^\top\mathbf 1 - q\|_1`
             is at most ``tol``; checked every ``CHECK_EVERY`` (10) iterations.
         check_inputs: validate shapes and values (one host sync); ``False`` skips it.
+        method: as POT's ``method``: ``"auto"`` (the regime of the module docstring, chosen from
+            :math:`R = (\max M - \min M)/\varepsilon`), ``"scaling"`` (scaling iterations in the
+            working dtype, whatever ``R``: fast, and a ValueError naming ``eps`` when they
+            overflow) or ``"log"`` (log-domain iterations: exact for any ``eps``).
 
     Returns:
         :class:`SinkhornResult`; ``value`` carries the gradient in ``p``, ``q`` (centred dual
         potentials) and ``cost`` (the plan). Computation runs in float32 or float64 (half inputs are
         upcast); outputs have the promoted dtype of ``p``, ``q`` and ``cost``, at least float32.
+        ``method`` says which regime ran.
 
     Raises:
-        ValueError: naming ``p``, ``q``, ``cost``, ``eps``, ``max_iter`` or ``tol``.
+        ValueError: naming ``p``, ``q``, ``cost``, ``eps``, ``max_iter``, ``tol`` or ``method``.
 
     Example:
         >>> p = torch.tensor([[0.5, 0.5]]); q = torch.tensor([[1.0, 0.0]])
         >>> res = sinkhorn(p, q, torch.tensor([[0.0, 1.0], [1.0, 0.0]]), eps=0.1)
-        >>> round(res.transport_cost.item(), 4)
-        0.5
+        >>> round(res.transport_cost.item(), 4), res.method
+        (0.5, 'scaling')
+        >>> res = sinkhorn(p, q, torch.tensor([[0.0, 1.0], [1.0, 0.0]]), eps=0.1, method="log")
+        >>> round(res.transport_cost.item(), 4), res.method
+        (0.5, 'log')
     """
+    if method not in METHODS:
+        raise ValueError(f"method: must be one of {', '.join(METHODS)}, got {method!r}")
     if check_inputs:
-        c_min, c_max = _check_inputs(p, q, cost, eps, max_iter, tol)
+        c_min, c_max = check_problem(p, q, cost, eps, max_iter, tol)
     else:
         c_min, c_max = torch.stack([cost.detach().min(), cost.detach().max()]).tolist()
     eps = float(eps)
@@ -270,24 +235,33 @@ def sinkhorn(p: Tensor, q: Tensor, cost: Tensor, eps: float, max_iter: int = 100
     if dtype not in (torch.float32, torch.float64):
         dtype = torch.float32
     pd, qd, cd = p.detach().to(dtype), q.detach().to(dtype), cost.detach().to(dtype)
-    spread = (c_max - c_min) / eps
-    out = None
-    method = "log"
     # no autocast: half-precision matrix products would break the iterations
     no_autocast = (torch.autocast(device_type=pd.device.type, enabled=False) if pd.device.type in ("cpu", "cuda")
                    else contextlib.nullcontext())
     with torch.no_grad(), no_autocast:
-        tiers = [(dtype, "scaling")] + ([(torch.float64, "scaling-float64")] if dtype != torch.float64 else [])
-        for work, name in tiers:
-            if spread <= _MAX_RANGE[work]:
-                out = _scaling(pd.to(work), qd.to(work), cd.to(work), eps, max_iter, tol, c_min)
-                if out is not None:
-                    method = name
-                    break
-        if out is None:
-            out = _log_domain(pd, qd, cd, eps, max_iter, tol)
+        out, regime = _solve(pd, qd, cd, eps, max_iter, tol, c_min, (c_max - c_min) / eps, method)
     f, g, transport, n_iter, err, worst = (x.to(dtype) if isinstance(x, Tensor) else x for x in out)
     value = _EntropicOTValue.apply(p.to(dtype), q.to(dtype), cost.to(dtype), f, g, eps)
     return SinkhornResult(transport_cost=transport, value=value, f=f, g=g, n_iter=n_iter,
-                          converged=worst <= tol, marginal_error=err, method=method,
+                          converged=worst <= tol, marginal_error=err, method=regime,
                           eps=eps, cost=cd)
+
+
+def _solve(p: Tensor, q: Tensor, cost: Tensor, eps: float, max_iter: int, tol: float, c_min: float,
+           spread: float, method: str):
+    """``(iterations' output, regime name)`` for ``method`` (see :func:`sinkhorn`); ``spread`` is ``R``."""
+    if method == "log":
+        return _log_domain(p, q, cost, eps, max_iter, tol), "log"
+    if method == "scaling":
+        out = _scaling(p, q, cost, eps, max_iter, tol, c_min)
+        if out is None:
+            raise ValueError(f"eps: {eps:g} is too small for scaling iterations on this cost (range / eps = "
+                             f"{spread:.3g}); use method='log' or 'auto'")
+        return out, "scaling"
+    tiers = [(p.dtype, "scaling")] + ([(torch.float64, "scaling-float64")] if p.dtype != torch.float64 else [])
+    for work, name in tiers:
+        if spread <= _MAX_RANGE[work]:
+            out = _scaling(p.to(work), q.to(work), cost.to(work), eps, max_iter, tol, c_min)
+            if out is not None:
+                return out, name
+    return _log_domain(p, q, cost, eps, max_iter, tol), "log"
