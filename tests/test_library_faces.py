@@ -8,9 +8,13 @@ import pkgutil
 
 import pytest
 import torch
+import torch.nn as nn
 
 import tllib_jtln.ot
-from tllib_jtln.ot import sinkhorn
+import tllib_jtln.regularization
+from tllib_jtln.models import ARCHS, JointClassifier, create_backbone, list_archs
+from tllib_jtln.ot import WassersteinLoss, sinkhorn
+from tllib_jtln.regularization import CoTuningLoss, JTLNLoss, Relationship, category_relation
 
 
 def _modules(package):
@@ -19,7 +23,7 @@ def _modules(package):
         yield importlib.import_module(f"{package.__name__}.{info.name}")
 
 
-@pytest.mark.parametrize("package", [tllib_jtln.ot], ids=["ot"])
+@pytest.mark.parametrize("package", [tllib_jtln.ot, tllib_jtln.regularization], ids=["ot", "regularization"])
 def test_doctests_of_the_library_pass(package):
     attempted = 0
     for module in _modules(package):
@@ -56,3 +60,75 @@ def test_sinkhorn_auto_is_the_default_and_bad_methods_are_named():
     with pytest.raises(ValueError, match="eps: .*method='log'"):  # the scaling iterations underflow
         sinkhorn(p.float(), q.float(), cost.float() * 1000, 1e-3, method="scaling")
     assert sinkhorn(p.float(), q.float(), cost.float() * 1000, 1e-3, method="auto").method == "log"
+
+
+# ----------------------------------------------------------------------------- regularisers
+def test_jtln_loss_shapes_and_gradients():
+    torch.manual_seed(0)
+    cost = torch.rand(5, 3)
+    z_s = torch.randn(4, 5, requires_grad=True)
+    z_t = torch.randn(4, 3, requires_grad=True)
+    loss_fn = JTLNLoss(weight=0.5, eps=0.3)
+    loss = loss_fn(cost, (z_s, z_t, torch.tensor([0, 1, 2, 0])))
+    assert loss.shape == () and torch.isfinite(loss)
+    loss.backward()
+    assert z_s.grad.abs().sum() > 0 and z_t.grad is None  # the target prediction is detached
+    assert len(loss_fn.last_results) == 1 and loss_fn.last_results[0].plan().shape == (4, 5, 3)
+    # the term is weight x the Wasserstein loss on target images
+    ref = 0.5 * WassersteinLoss(eps=0.3)(z_s.detach(), torch.softmax(z_t.detach(), 1), cost)
+    torch.testing.assert_close(loss_fn(cost, (z_s.detach(), z_t.detach(), torch.zeros(4, dtype=torch.long))), ref)
+    assert loss_fn.mean_plan(cost, z_s.detach(), z_t.detach(), torch.zeros(4, dtype=torch.long)).shape == (5, 3)
+
+
+def test_jtln_loss_both_sides_is_a_sample_weighted_mean_and_nan_on_bad_logits():
+    torch.manual_seed(1)
+    cost = torch.rand(5, 3)
+    target = (torch.randn(4, 5), torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+    source = (torch.randn(2, 5), torch.randn(2, 3), torch.tensor([4, 1]))
+    on_target = JTLNLoss(on="target")(cost, target)
+    on_source = JTLNLoss(on="source")(cost, target, source)
+    both = JTLNLoss(on="both")(cost, target, source)
+    torch.testing.assert_close(both, (4 * on_target + 2 * on_source) / 6)
+    bad = (target[0] * float("inf"), target[1], target[2])
+    assert torch.isnan(JTLNLoss()(cost, bad))
+    with pytest.raises(ValueError, match="on: must be one of target, source, both"):
+        JTLNLoss(on="all")
+
+
+def test_co_tuning_loss_and_relationship_shapes():
+    probs = torch.softmax(torch.randn(10, 6), 1)
+    labels = torch.tensor([0, 1, 2] * 3 + [0])
+    relation = Relationship(probs, labels, num_target_classes=4)
+    assert relation.matrix.shape == (4, 6)
+    torch.testing.assert_close(relation.matrix, category_relation(probs, labels, 4))
+    torch.testing.assert_close(relation.matrix[3], torch.full((6,), 1 / 6))  # no images: uniform
+    soft = relation[torch.tensor([0, 3])]
+    assert soft.shape == (2, 6)
+    logits = torch.randn(2, 6, requires_grad=True)
+    loss = CoTuningLoss()(logits, soft)
+    assert loss.shape == () and loss > 0
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), -(soft * torch.log_softmax(logits.detach(), 1)).sum(1).mean())
+
+
+# ----------------------------------------------------------------------------- models
+def test_architectures_are_one_table_read_by_the_factory_and_the_list():
+    assert {"alexnet", "smallcnn"} <= set(ARCHS.names())
+    assert set(ARCHS.names()) <= set(list_archs())
+    backbone = create_backbone("smallcnn", pretrained=False, in_chans=1)
+    assert backbone.arch == "smallcnn" and backbone.out_features == 128
+
+
+def test_joint_classifier_speaks_timms_head_vocabulary():
+    backbone = create_backbone("smallcnn", pretrained=False, in_chans=1)
+    model = JointClassifier(backbone, 5, 3, bottleneck_dim=16).eval()
+    x = torch.randn(2, 1, 28, 28)
+    features = model.forward_features(x)
+    source_logits, target_logits = model.forward_head(features)
+    assert features.shape == (2, 128) and source_logits.shape == (2, 5) and target_logits.shape == (2, 3)
+    assert model.forward_head(features, pre_logits=True).shape == (2, 16)
+    assert isinstance(model.get_classifier(), nn.Linear) and model.get_classifier() is model.target_head
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[1], target_logits)
+    with pytest.raises(ValueError, match="multiplier"):
+        model.set_source_head_lr(-1.0)

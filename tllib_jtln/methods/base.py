@@ -88,6 +88,8 @@ class SetupContext:
 class Method:
     """Base class. Subclasses set ``uses_source`` / ``uses_target`` and implement :meth:`losses`.
 
+    ``needs_source_data = True`` makes the constructor refuse a task without source images.
+
     Args:
         cfg: the run's :class:`~tllib_jtln.config.Config`.
         task: the :class:`~tllib_jtln.data.TransferTask` (``source_train`` None: no source data).
@@ -96,11 +98,14 @@ class Method:
     name = ""
     uses_source: bool = True
     uses_target: bool = True
+    needs_source_data: bool = False
 
     def __init__(self, cfg: Any, task: Any):
         self.cfg = cfg
         self.task = task
         self.has_source_data = getattr(task, "source_train", None) is not None
+        if self.needs_source_data:
+            self.require_source_data()
 
     def require_source_data(self) -> None:
         if not self.has_source_data:
@@ -143,8 +148,9 @@ class Method:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Tensor]:
-        """Tensors the method owns (cost matrix, relation); the engine checkpoints and broadcasts them."""
-        return {}
+        """The tensors the method owns (:meth:`state_keys`: cost matrix, relation) that are set; the engine
+        checkpoints and broadcasts them."""
+        return {key: getattr(self, key) for key in self.state_keys() if getattr(self, key, None) is not None}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         unknown = set(state) - set(self.state_keys())
@@ -154,11 +160,12 @@ class Method:
             setattr(self, key, value)
 
     def state_keys(self) -> tuple[str, ...]:
+        """Names of the tensor attributes the method owns. Default: none."""
         return ()
 
     def artifacts(self) -> dict[str, Tensor]:
-        """Tensors the engine saves and plots (``{"cost": M}``). Default: none."""
-        return {}
+        """Tensors the engine saves and plots (``{"cost": M}``): the state, detached, on the CPU."""
+        return {key: value.detach().cpu() for key, value in self.state_dict().items()}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(uses_source={self.uses_source}, uses_target={self.uses_target})"

@@ -14,9 +14,10 @@ model in eval mode), and the loss is
     L = \mathrm{CE}(h_t(g(x_t)), y_t)
         - \lambda\, \mathrm{mean}_{x_t} \sum_s R[y_t, s] \log \mathrm{softmax}(h_s(g(x_t)))_s
 
-with ``lambda = trade_off`` (2.3 by default, as TLlib). With a pretrained source head and no
-source data (the usual setting: ImageNet head) the relation is computed in ``setup`` and there
-is one stage. With source data there are two stages (:class:`~tllib_jtln.methods.Stage`), each
+with ``lambda = trade_off`` (2.3 by default, as TLlib): :class:`~tllib_jtln.regularization.Relationship`
+and :class:`~tllib_jtln.regularization.CoTuningLoss`, over which this method is the adapter.
+With a pretrained source head and no source data (the usual setting: ImageNet head) the
+relation is computed in ``setup`` and there is one stage. With source data there are two stages (:class:`~tllib_jtln.methods.Stage`), each
 with its own optimizer and full schedule: the source head is first trained by source
 cross-entropy (as many source images as ``joint``), then the relation is computed and the
 co-tuning stage sees as many target images as ``erm``. The source head is always trained
@@ -29,23 +30,13 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 from ..errors import UserError
+from ..regularization import CoTuningLoss, Relationship, category_relation
 from .base import Method, SetupContext, Stage, cross_entropy, register_method, source_head_probs
 
-
-def category_relation(source_probs: Tensor, target_labels: Tensor, num_target_classes: int) -> Tensor:
-    """``R`` (Kt, Ks): mean of ``source_probs`` (N, Ks) over each target class; uniform rows for absent classes."""
-    ks = source_probs.shape[1]
-    labels = target_labels.long().to(source_probs.device)
-    sums = torch.zeros(num_target_classes, ks, dtype=torch.float32, device=source_probs.device)
-    sums.index_add_(0, labels, source_probs.float())
-    counts = torch.bincount(labels, minlength=num_target_classes).float().unsqueeze(1)
-    relation = sums / counts.clamp_min(1)
-    relation[counts.squeeze(1) == 0] = 1.0 / ks
-    return relation
+__all__ = ["CoTuning", "category_relation"]
 
 
 @register_method("co_tuning")
@@ -55,6 +46,7 @@ class CoTuning(Method):
         self.uses_source = self.has_source_data
         self.uses_target = True
         self.relation: Optional[Tensor] = None
+        self.co_tuning_loss = CoTuningLoss()
 
     def stages(self) -> list[Stage]:
         co_tuning = Stage("co_tuning", uses_source=False, uses_target=True)
@@ -69,9 +61,10 @@ class CoTuning(Method):
         model.set_source_head_lr(1.0)
 
     def compute_relation(self, ctx: SetupContext, refresh: bool = False) -> Tensor:
+        """``R`` (Kt, Ks) on ``ctx.device`` from the source head's predictions on the target training images."""
         features, labels = ctx.features("target", refresh=refresh)
         probs = source_head_probs(ctx.model, features, ctx.device)
-        return category_relation(probs, labels, ctx.model.num_target_classes).to(ctx.device)
+        return Relationship(probs, labels, ctx.model.num_target_classes).matrix.to(ctx.device)
 
     def setup(self, ctx: SetupContext) -> None:
         if not self.uses_source:
@@ -91,14 +84,8 @@ class CoTuning(Method):
             return {"ce_source": cross_entropy(source_logits, batch.y_s)}
         source_logits, target_logits = model(batch.x_t)
         soft = self.relation.to(source_logits.device)[batch.y_t]
-        co = -(soft * torch.log_softmax(source_logits.float(), dim=1)).sum(1).mean()
-        return {"ce_target": cross_entropy(target_logits, batch.y_t), "co_tuning": self.cfg.trade_off * co}
+        return {"ce_target": cross_entropy(target_logits, batch.y_t),
+                "co_tuning": self.cfg.trade_off * self.co_tuning_loss(source_logits, soft)}
 
     def state_keys(self) -> tuple[str, ...]:
         return ("relation",)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {} if self.relation is None else {"relation": self.relation}
-
-    def artifacts(self) -> dict[str, Tensor]:
-        return {} if self.relation is None else {"relation": self.relation.detach().cpu()}

@@ -17,12 +17,10 @@ from .base import Method, Stage, cross_entropy, register_method
 
 @register_method("consecutive")
 class Consecutive(Method):
-    uses_source = True
-    uses_target = True
+    needs_source_data = True
 
     def __init__(self, cfg, task):
         super().__init__(cfg, task)
-        self.require_source_data()
         self.stage = 0
 
     def stages(self) -> list[Stage]:

@@ -12,12 +12,7 @@ from .base import Method, cross_entropy, forward_joint, register_method
 
 @register_method("joint")
 class Joint(Method):
-    uses_source = True
-    uses_target = True
-
-    def __init__(self, cfg, task):
-        super().__init__(cfg, task)
-        self.require_source_data()
+    needs_source_data = True
 
     def losses(self, model, batch, progress):
         (src_s, _), (_, tgt_t) = forward_joint(model, batch.x_s, batch.x_t)

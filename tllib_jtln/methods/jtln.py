@@ -6,7 +6,8 @@ r"""``jtln``: Joint Transfer Learning Network (Lu, Chen and Saidi, arXiv:1709.02
 
 with :math:`p = \mathrm{softmax}(h_s(g(x)))` over the ``Ks`` source classes, ``q`` a distribution
 over the ``Kt`` target classes and ``M`` the ``(Ks, Kt)`` cost matrix
-(:func:`tllib_jtln.cost.build_cost`), solved by :class:`tllib_jtln.ot.WassersteinLoss`.
+(:func:`tllib_jtln.cost.build_cost`): the OT term is :class:`tllib_jtln.regularization.JTLNLoss`
+over :class:`tllib_jtln.ot.WassersteinLoss`; this method is the adapter (settings, cost matrix, hooks).
 
 Switches (``Config``):
 
@@ -42,7 +43,7 @@ from torch import Tensor
 
 from ..cost import build_cost, cost_options
 from ..errors import UserError
-from ..ot import WassersteinLoss, sinkhorn, smooth_histogram
+from ..regularization import JTLNLoss
 from .base import Method, SetupContext, cross_entropy, forward_joint, register_method, source_head_probs
 
 #: below this share of converged Sinkhorn problems in an epoch, the user is warned (once)
@@ -80,12 +81,10 @@ class JTLN(Method):
         self.uses_source = self.has_source_data
         self.uses_target = True
         self.ot_on = check_ot_on(cfg.ot_on, self.has_source_data)
-        try:
-            self.ot = WassersteinLoss.from_config(cfg)
-        except ValueError as exc:
-            raise UserError(f"--ot-eps/--ot-smooth/--ot-reg: {exc}") from None
+        self.ot_loss = JTLNLoss(weight=cfg.ot_weight, on=self.ot_on, target_dist=cfg.ot_target,
+                                source_dist=cfg.ot_source, detach=cfg.ot_detach, eps=cfg.ot_eps,
+                                max_iter=cfg.ot_iters, tol=cfg.ot_tol, smooth=cfg.ot_smooth, reg=cfg.ot_reg)
         self.cost: Optional[Tensor] = None
-        self._solves: list = []  # the SinkhornResults of the last losses() call
 
     def prepare_model(self, model) -> None:
         if getattr(model, "source_head", None) is None:
@@ -129,54 +128,28 @@ class JTLN(Method):
 
     # ------------------------------------------------------------------ loss
     def losses(self, model, batch, progress):
-        cfg = self.cfg
         use_source = self.uses_source and batch.x_s is not None
         out_s, (src_t, tgt_t) = forward_joint(model, batch.x_s if use_source else None, batch.x_t)
         terms = {"ce_target": cross_entropy(tgt_t, batch.y_t)}
         if use_source:
             terms["ce_source"] = cross_entropy(out_s[0], batch.y_s)
-        self._solves = []
-        if cfg.ot_weight == 0:
+        self.ot_loss.last_results = []
+        if self.cfg.ot_weight == 0:
             return terms
         if self.cost is None:
             raise RuntimeError("jtln: setup(ctx) (or load_state_dict) must run before losses()")
-        logits = [src_t, tgt_t, *(out_s if use_source else ())]
-        if not bool(torch.stack([torch.isfinite(x.detach()).all() for x in logits]).all()):  # one host sync
-            # the engine's non-finite policy (stop naming the term, or --skip-nonfinite) takes it from here
-            terms["ot"] = torch.full((), float("nan"), device=src_t.device)
-            return terms
-        cost = self.cost.to(src_t.device)
-        parts: list[tuple[Tensor, int]] = []
-        if self.ot_on in ("target", "both"):
-            q = batch.y_t if cfg.ot_target == "label" else self._side(tgt_t)
-            parts.append((self._solve(src_t, q, cost), src_t.shape[0]))
-        if self.ot_on in ("source", "both") and use_source:
-            src_s, tgt_s = out_s
-            p = batch.y_s if cfg.ot_source == "label" else self._side(src_s)
-            parts.append((self._solve(tgt_s, p, cost.t()), tgt_s.shape[0]))
-        total = sum(n for _, n in parts)
-        terms["ot"] = cfg.ot_weight * sum(value * (n / total) for value, n in parts)
+        source_side = (*out_s, batch.y_s) if use_source else None
+        terms["ot"] = self.ot_loss(self.cost, (src_t, tgt_t, batch.y_t), source_side)
         return terms
-
-    def _side(self, logits: Tensor) -> Tensor:
-        """The distribution on the side that is not constrained: a softmax, detached under ``ot_detach``."""
-        probs = torch.softmax(logits.float(), dim=1)
-        return probs.detach() if self.cfg.ot_detach else probs
-
-    def _solve(self, logits: Tensor, dist: Tensor, cost: Tensor) -> Tensor:
-        value = self.ot(logits, dist, cost)
-        if self.ot.last_result is not None:
-            self._solves.append(self.ot.last_result)
-        return value
 
     def step_stats(self) -> dict[str, float]:
         """``ot_iters``: Sinkhorn iterations of the last step; ``ot_converged``: share of its problems
         (samples) whose marginal error reached ``--ot-tol``. Empty when no problem was solved iteratively."""
-        if not self._solves:
+        solves = self.ot_loss.last_results
+        if not solves:
             return {}
-        converged = torch.cat([(r.marginal_error <= self.ot.tol).float() for r in self._solves])
-        return {"ot_iters": sum(r.n_iter for r in self._solves) / len(self._solves),
-                "ot_converged": float(converged.mean())}
+        converged = torch.cat([(r.marginal_error <= self.ot_loss.ot.tol).float() for r in solves])
+        return {"ot_iters": sum(r.n_iter for r in solves) / len(solves), "ot_converged": float(converged.mean())}
 
     def epoch_warnings(self, means: dict[str, float]) -> list[str]:
         share = means.get("ot_converged")
@@ -194,38 +167,13 @@ class JTLN(Method):
                 "cost_normalize": cfg.cost_normalize, "cost_refresh": cfg.cost_refresh,
                 "source_free": self.source_free}
 
-    @torch.no_grad()
     def transport_plan(self, source_logits: Tensor, target_logits: Tensor, labels: Tensor) -> Optional[Tensor]:
-        """The mean OT plan ``(Ks, Kt)`` the loss solves, on images with logits ``(N, Ks)``, ``(N, Kt)``
-        and target labels ``(N,)`` (the engine passes the validation images).
-
-        ``p`` is the source-head prediction and ``q`` the target-side distribution of the mode in use
-        (``ot_target``: prediction or label; under ``ot_on source`` the target-head prediction);
-        the plan of each image sums to 1, so the mean says which source classes each target class
-        draws its mass from.
-        """
-        if self.cost is None or source_logits.shape[0] == 0:
+        """The mean OT plan ``(Ks, Kt)`` the loss solves (:meth:`JTLNLoss.mean_plan
+        <tllib_jtln.regularization.JTLNLoss.mean_plan>`) on images with logits ``(N, Ks)``, ``(N, Kt)``
+        and target labels ``(N,)`` (the engine passes the validation images)."""
+        if self.cost is None:
             return None
-        cost = self.cost.to(source_logits.device, torch.float32)
-        if self.ot_on == "target" and self.cfg.ot_target == "label":
-            q = torch.nn.functional.one_hot(labels.long(), cost.shape[1]).float()
-        else:
-            q = torch.softmax(target_logits.float(), dim=1)
-        p = torch.softmax(source_logits.float(), dim=1)
-        plans = []
-        for i in range(0, p.shape[0], 256):
-            result = sinkhorn(smooth_histogram(p[i:i + 256], self.ot.smooth),
-                              smooth_histogram(q[i:i + 256], self.ot.smooth), cost, self.ot.eps,
-                              max_iter=self.ot.max_iter, tol=self.ot.tol)
-            plans.append(result.plan().sum(0))
-        return (sum(plans) / p.shape[0]).float().cpu()
+        return self.ot_loss.mean_plan(self.cost, source_logits, target_logits, labels)
 
-    # ------------------------------------------------------------------ state
     def state_keys(self) -> tuple[str, ...]:
         return ("cost",)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {} if self.cost is None else {"cost": self.cost}
-
-    def artifacts(self) -> dict[str, Tensor]:
-        return {} if self.cost is None else {"cost": self.cost.detach().cpu()}
