@@ -64,18 +64,18 @@ class CostInputs:
     @property
     def ks(self) -> int:
         """The number of source classes; a UserError naming the fix when unknown."""
-        if self.num_source_classes is None:
-            raise UserError(f"cost '{self.name}': the number of source classes is unknown; pass "
-                            f"num_source_classes, source_classes or source_labels")
-        return self.num_source_classes
+        return self._known(self.num_source_classes, "source")
 
     @property
     def kt(self) -> int:
         """The number of target classes; a UserError naming the fix when unknown."""
-        if self.num_target_classes is None:
-            raise UserError(f"cost '{self.name}': the number of target classes is unknown; pass "
-                            f"num_target_classes, target_classes or target_labels")
-        return self.num_target_classes
+        return self._known(self.num_target_classes, "target")
+
+    def _known(self, count: Optional[int], side: str) -> int:
+        if count is None:
+            raise UserError(f"cost '{self.name}': the number of {side} classes is unknown; pass "
+                            f"num_{side}_classes, {side}_classes or {side}_labels")
+        return count
 
     def require_features(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(source_features, source_labels, target_features, target_labels)``, all present."""
