@@ -13,6 +13,7 @@ import yaml
 
 from tllib_jtln.config import Config
 from tllib_jtln.engine import checkpoint as C
+from tllib_jtln.engine import seeding
 from tllib_jtln.engine import distributed as D
 from tllib_jtln.engine.evaluate import evaluate
 from tllib_jtln.engine.logdir import MetricsLog, prepare_log_dir, read_config, write_config
@@ -32,7 +33,7 @@ def test_checkpoint_roundtrip_loads_with_weights_only(tmp_path):
     opt.step()
     sched.step()
     state = {"format": C.FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
-             "scheduler": sched.state_dict(), "rng": C.rng_state(), "best": {"epoch": 1, "val_top1": 0.5}}
+             "scheduler": sched.state_dict(), "rng": seeding.rng_state(), "best": {"epoch": 1, "val_top1": 0.5}}
     path = C.save_checkpoint(state, tmp_path / "ck" / "last.pt")
     loaded = C.load_checkpoint(path)
     assert torch.equal(loaded["model"]["weight"], model.weight)
@@ -70,8 +71,8 @@ def test_corrupt_or_missing_checkpoint_is_user_error(tmp_path):
 
 
 def test_rng_state_restores_python_numpy_torch():
-    C.seed_everything(3)
-    state = C.rng_state()
+    seeding.seed_everything(3)
+    state = seeding.rng_state()
     first = (random.random(), np.random.rand(), torch.rand(1).item())
     random.random(), np.random.rand(), torch.rand(5)
     # through a weights_only round trip, as the engine does
@@ -79,7 +80,7 @@ def test_rng_state_restores_python_numpy_torch():
     buf = io.BytesIO()
     torch.save(state, buf)
     buf.seek(0)
-    C.set_rng_state(torch.load(buf, weights_only=True))
+    seeding.set_rng_state(torch.load(buf, weights_only=True))
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
 
 

@@ -1,4 +1,4 @@
-"""Atomic file writes, shared by checkpoints, cost matrices and feature caches.
+"""Atomic file writes, shared by checkpoints, cost matrices, feature caches and the log folder.
 
 ``atomic_write(path, write)`` calls ``write(binary_file_object)`` on ``path.tmp`` in the same
 folder, flushes and fsyncs it, then renames it over ``path`` with :func:`os.replace`: a reader (or a
@@ -7,9 +7,10 @@ usual permissions (``0o666`` minus the umask).
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
@@ -27,6 +28,17 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def write_text(text: str, path: str | Path) -> Path:
+    """Write a text file atomically."""
+    data = text.encode()
+    return atomic_write(path, lambda fh: fh.write(data))
+
+
+def write_json(data: Any, path: str | Path) -> Path:
+    """Write JSON atomically (indented, keys in insertion order, trailing newline)."""
+    return write_text(json.dumps(data, indent=2) + "\n", path)
 
 
 def load_tensors(path: str | Path, map_location="cpu"):

@@ -17,7 +17,9 @@ import numpy as np
 from ..config import Config
 from ..errors import UserError
 from . import distributed as D
-from .checkpoint import load_checkpoint, seed_everything, write_json
+from ..fileio import write_json
+from .checkpoint import load_checkpoint
+from .seeding import seed_everything
 from .logdir import best_checkpoint
 
 MAX_POINTS = 1000

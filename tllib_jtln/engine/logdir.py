@@ -22,12 +22,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
 from ..errors import UserError
-from .checkpoint import write_json, write_text
+from ..fileio import write_json, write_text
 
 CONFIG = "config.yaml"
 ENV = "env.json"
@@ -269,7 +269,3 @@ class MetricsLog:
 
 def write_summary(summary: dict, log_dir: Path) -> Path:
     return write_json(summary, Path(log_dir) / SUMMARY)
-
-
-def missing_files(log_dir: Path, names: Iterable[str]) -> list[str]:
-    return [n for n in names if not (Path(log_dir) / n).exists()]

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .checkpoint import write_text
+from ..fileio import write_text
 
 
 def _figure(width: float, height: float):

@@ -40,13 +40,13 @@ import torch.nn as nn
 from ..config import Config
 from ..errors import UserError
 from . import distributed as D
-from .checkpoint import (FORMAT, load_checkpoint, rng_state, save_checkpoint, seed_everything,
-                         set_rng_state)
+from .checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from .evaluate import EvalResult, eval_batch_size, evaluate
 from .logdir import (MetricsLog, best_checkpoint, check_free_space, clear_run, last_checkpoint, prepare_log_dir,
                      release_log_dirs, write_config, write_env, write_summary)
 from .plots import plot_curves, save_transport
 from .precision import autocast_context
+from .seeding import rng_state, seed_everything, set_rng_state
 from .selection import check_validation, no_validation_result, selection_fields, selection_of
 
 
