@@ -17,14 +17,16 @@ with the run's ``config.yaml`` (flags such as ``--device`` or ``--root`` may ove
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
-from ..config import COMMAND_LINE, COMMAND_LINE_ONLY, Config, resolve
+from ..config import COMMAND_LINE, COMMAND_LINE_ONLY, Config, load_yaml, resolve
 from ..errors import UserError
 from ..data.task import is_embedded
 from ..data.val_split import resolve_val_split
 from ..flag_rules import apply_method_flags
+from .logdir import read_config
 
 #: The recipe of the embedded Fashion-MNIST task (also in ``configs/fashion_mnist.yaml``): a
 #: from-scratch small CNN at 28 px that trains, validates every epoch and tests on a 2-core CPU
@@ -78,8 +80,6 @@ def resolve_config(given: dict) -> Config:
 
 def explicit_fields(given: dict) -> set:
     """Field names set on the command line or by ``--config FILE.yaml``."""
-    from ..config import load_yaml
-
     names = set(given)
     if given.get("config"):
         names |= {str(k).replace("-", "_") for k in load_yaml(given["config"])}
@@ -119,14 +119,21 @@ def describe_recipe(cfg: Config) -> str:
 
 
 def _saved_config(log_dir: str | Path) -> Config:
-    from .logdir import read_config
-
+    """The settings a run saved in ``LOG/config.yaml``."""
     saved = read_config(Path(log_dir))
     for key in COMMAND_LINE_ONLY:  # older runs saved `resume: true`: a switch, not a setting
         saved.pop(key, None)
     cfg = Config()
     cfg.update(saved, f"{Path(log_dir) / 'config.yaml'}")
     return cfg
+
+
+def _over_saved(saved: Config, given: dict) -> Config:
+    """A copy of a run's saved settings with ``--config`` and then the given flags on top."""
+    cfg = copy.deepcopy(saved)
+    if given.get("config"):
+        cfg.update(load_yaml(given["config"]), f"--config {given['config']}")
+    return cfg.update(given, COMMAND_LINE)
 
 
 def resolve_resume_config(given: dict) -> Config:
@@ -136,12 +143,7 @@ def resolve_resume_config(given: dict) -> Config:
     if not (log_dir / "config.yaml").is_file():
         return fresh  # prepare_log_dir reports the missing checkpoint
     saved = _saved_config(log_dir)
-    cfg = _saved_config(log_dir)
-    if given.get("config"):
-        from ..config import load_yaml
-
-        cfg.update(load_yaml(given["config"]), f"--config {given['config']}")
-    cfg.update(given, COMMAND_LINE)
+    cfg = _over_saved(saved, given)
     apply_method_flags(cfg, explicit_fields(given), set(given))
     changed = [f"{k} ({getattr(saved, k)!r} -> {getattr(cfg, k)!r})" for k in IDENTITY_FIELDS
                if getattr(saved, k) != getattr(cfg, k)]
@@ -207,11 +209,6 @@ def saved_run_config(given: dict) -> Config:
         log = resolve_config(given).log
     if not Path(log).is_dir():
         raise UserError(f"--log {log}: no such run folder; give the --log folder of a training run")
-    cfg = _saved_config(log)
-    if given.get("config"):
-        from ..config import load_yaml
-
-        cfg.update(load_yaml(given["config"]), f"--config {given['config']}")
-    cfg.update(given, COMMAND_LINE)
+    cfg = _over_saved(_saved_config(log), given)
     cfg.phase = "test"
     return cfg
