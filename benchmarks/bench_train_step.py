@@ -16,6 +16,7 @@ from torch.utils.data import TensorDataset
 from tllib_jtln.config import Config
 from tllib_jtln.cost import build_cost, collect_features
 from tllib_jtln.data import JointBatch, TransferTask
+from tllib_jtln.engine.step import descend, loss_terms
 from tllib_jtln.methods import METHODS, SetupContext, build_method
 from tllib_jtln.models import build_model
 
@@ -66,11 +67,8 @@ def _step_fn(method_name: str, batch_size: int = BATCH):
     model.train()
 
     def step():
-        terms = method.losses(model, batch, progress)
-        loss = sum(terms.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        terms, loss = loss_terms(method, model, batch, progress)
+        descend(loss, optimizer)
         return terms
 
     return step

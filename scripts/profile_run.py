@@ -5,9 +5,9 @@ Runs ``tllib_jtln.engine.trainer.train(cfg)`` once under cProfile and sums the c
 named functions (a phase whose functions are not found prints ``n/a``):
 
 - run: task and model build, method setup (the cost matrix's feature pass), training steps (the
-  ``train_time_s`` of ``metrics.jsonl``), validation (every call of the trainer's ``evaluate`` but
-  the last, timed by a wrapper), the final test pass with plots and ``summary.json``, checkpoints; "other" is the rest of the wall
-  time (imports, log folder).
+  ``train_time_s`` of ``metrics.jsonl``), validation (every call of ``evaluate`` in
+  :mod:`tllib_jtln.engine.epoch`, timed by a wrapper), the final test pass with plots and
+  ``summary.json``, checkpoints; "other" is the rest of the wall time (imports, log folder).
 - step, averaged over the steps: data (``JointLoader.__next__`` and the device move),
   forward+backward (the method's ``losses`` and ``Tensor.backward``, OT taken out), OT (the
   Wasserstein term's forward and backward), optimiser (``zero_grad`` and ``SGD.step``), logging
@@ -30,20 +30,20 @@ from pathlib import Path
 
 #: (phase, [(path fragment, function name), ...]); cumulative times of the matches are summed.
 RUN_PHASES = [
-    ("task and model build", [("tllib_jtln/engine/trainer.py", "build_run_task"),
+    ("task and model build", [("tllib_jtln/engine/assembly.py", "build_run_task"),
                               ("tllib_jtln/models/classifier.py", "build_model")]),
     ("method setup and cost features", [("tllib_jtln/methods/", "setup"),
                                         ("tllib_jtln/methods/", "on_epoch_start")]),
     ("checkpoints", [("tllib_jtln/engine/checkpoint.py", "save_checkpoint")]),
-    ("test pass, plots, summary", [("tllib_jtln/engine/trainer.py", "_finish")]),
+    ("test pass, plots, summary", [("tllib_jtln/engine/finish.py", "finish")]),
 ]
 STEP_PARTS = [
     ("data (next batch, to device)", [("tllib_jtln/data/joint.py", "__next__"),
-                                      ("tllib_jtln/engine/trainer.py", "batch_to_device")]),
+                                      ("tllib_jtln/engine/step.py", "batch_to_device")]),
     ("forward+backward (OT excluded)", [("tllib_jtln/methods/", "losses"), ("torch/_tensor.py", "backward")]),
     ("OT (forward + backward)", [("tllib_jtln/ot/loss.py", "forward"), ("tllib_jtln/ot/solver.py", "backward")]),
     ("optimiser (zero_grad, step)", [("torch/optim/sgd.py", "step"), ("torch/optim/optimizer.py", "zero_grad")]),
-    ("logging (progress)", [("tllib_jtln/engine/trainer.py", "update")]),
+    ("logging (progress)", [("tllib_jtln/engine/reporter.py", "update")]),
 ]
 
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from tllib_jtln.config import Config
     from tllib_jtln.engine.logdir import MetricsLog
     from tllib_jtln.engine.run import resolve_config
-    from tllib_jtln.engine import trainer
+    from tllib_jtln.engine import epoch, trainer
 
     args = vars(build_parser().parse_args(["train", *(sys.argv[1:] if argv is None else argv)]))
     flags = {k: v for k, v in args.items() if k in Config.field_names()}
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         given = {"log": str(Path(tmp) / "run"), "progress": False, "epochs": 2, "iters_per_epoch": 50, **flags}
         cfg = resolve_config(given)
         evaluations: list[float] = []
-        trainer.evaluate = timed(evaluations, trainer.evaluate)
+        epoch.evaluate = timed(evaluations, epoch.evaluate)  # the validation passes
         profiler = cProfile.Profile()
         start = time.perf_counter()
         profiler.enable()
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = pstats.Stats(profiler)
     training = sum(r.get("train_time_s", float("nan")) for r in records)
     steps = records[-1]["step"] if records else 0
-    validation = sum(evaluations[:-1]) if evaluations else None
+    validation = sum(evaluations) if evaluations else None
 
     run_rows = [(RUN_PHASES[0][0], cumulative(stats, RUN_PHASES[0][1])),
                 (RUN_PHASES[1][0], cumulative(stats, RUN_PHASES[1][1])),

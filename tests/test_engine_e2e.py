@@ -160,7 +160,7 @@ def test_features_for_costs_come_from_the_evaluation_view(data_root, tmp_path):
     engine's own feature path; the augmented training view would not."""
     from tllib_jtln.cost import build_cost
     from tllib_jtln.engine import distributed as D
-    from tllib_jtln.engine.trainer import Parts, build_task_and_model, make_feature_fn
+    from tllib_jtln.engine.assembly import Parts, build_task_and_model, make_feature_fn
 
     cfg = resolve_config(tiny_flags(data_root, tmp_path / "f", method="jtln"))
     task, model = build_task_and_model(cfg)

@@ -281,7 +281,7 @@ def test_setup_features_see_the_evaluation_transform(tmp_path):
     """Cost-matrix features are an evaluation pass: the training augmentation never runs there."""
     from tllib_jtln.data import TransferTask
     from tllib_jtln.data.memory import TensorImages
-    from tllib_jtln.engine.trainer import Parts, make_feature_fn
+    from tllib_jtln.engine.assembly import Parts, make_feature_fn
 
     def augment(image):
         raise AssertionError("training augmentation ran in a feature pass")

@@ -187,7 +187,10 @@ class Config:
 
 
     def validate(self) -> "Config":
-        """Range checks that no type can express; a UserError names the flag and the allowed range."""
+        """Range checks that no type can express; a UserError names the flag and the allowed range.
+
+        The one owner of settings checks: :func:`resolve` runs it, and so does the engine before a
+        run (libraries check their own arguments, by argument name)."""
         for name, value in self.to_dict().items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
@@ -198,8 +201,9 @@ class Config:
             if (low is not None and value < low) or (high is not None and value > high):
                 bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
                 raise UserError(f"--{name.replace('_', '-')} must be {bounds}, got {value}")
-        if self.ot_eps <= 0:
-            raise UserError(f"--ot-eps must be > 0, got {self.ot_eps}")
+        for name in _POSITIVE:
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if self.sample_rate not in SAMPLE_RATES:
             raise UserError(f"-sr/--sample-rate must be one of TLlib's {', '.join(map(str, SAMPLE_RATES))} "
                             f"(the list files image_list/train_<sr>.txt), got {self.sample_rate}; "
@@ -217,6 +221,9 @@ COMMAND_LINE = "command line"
 
 #: Destructive switches: accepted from the command line (or a program) only, never from a YAML file.
 COMMAND_LINE_ONLY = ("overwrite", "resume")
+
+#: Fields that must be > 0: the learning rate, Nesterov SGD's momentum, the entropic regularisation.
+_POSITIVE = ("lr", "momentum", "ot_eps")
 
 # (field, lowest allowed, highest allowed); None: unbounded on that side.
 _RANGES = [

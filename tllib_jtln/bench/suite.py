@@ -98,14 +98,13 @@ def _check_folder_name(name, where: str) -> None:
 def check_runs(runs: list["SuiteRun"], path, out: Path) -> None:
     """Resolve every run's settings as ``train`` would (ranges, a known method), without training."""
     from ..engine.run import resolve_config
-    from ..engine.trainer import check_settings
     from ..methods import METHODS
 
     for run in runs:
         try:
             cfg = resolve_config({**run.settings, "seed": run.seed, "log": str(out / run.name)})
             METHODS.get(cfg.method)
-            check_settings(cfg)
+            cfg.validate()
         except UserError as exc:
             raise UserError(f"--suite {path}: run {run.name}: {exc}") from None
 

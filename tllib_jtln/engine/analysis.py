@@ -19,7 +19,6 @@ from ..errors import UserError
 from . import distributed as D
 from ..fileio import write_json
 from .checkpoint import load_checkpoint
-from .seeding import seed_everything
 from .logdir import best_checkpoint
 
 MAX_POINTS = 1000
@@ -75,8 +74,7 @@ def analyse_run(cfg: Config) -> dict:
 
     from ..cost import collect_features
     from ..data import eval_loader
-    from ..methods import build_method
-    from .trainer import build_task_and_model
+    from .assembly import assemble
 
     info = D.env_info()
     if info.enabled:
@@ -84,11 +82,10 @@ def analyse_run(cfg: Config) -> dict:
     device = D.resolve_device(cfg.device, info)
     log_dir = Path(cfg.log)
     ckpt = load_checkpoint(best_checkpoint(log_dir), map_location="cpu")
-    seed_everything(cfg.seed)
-    task, model = build_task_and_model(cfg)
-    build_method(cfg, task).prepare_model(model)
+    parts = assemble(cfg, device, info, log_dir)
+    task, model = parts.task, parts.model
     model.load_state_dict(ckpt["model"])
-    model = model.to(device).eval()
+    model.eval()
 
     if task.source_train is not None:
         domains = [("source", task.source_train), ("target", task.target_test)]

@@ -1,15 +1,15 @@
 """The bare training step the engine's loop is measured against (``benchmarks/bench_run.py``,
 ``scripts/cpu_levers.py``, ``scripts/profile_run.py``).
 
-It is built from the engine's own pieces, so that only the loop differs: the task, method, model
-(``build_model``: ``--channels-last`` included) and optimiser (``build_optimizer``: SGD Nesterov
-over the same parameter groups) of ``cfg``, the method set up on the model, and ONE pre-made batch
-of random images with the run's shapes (``(B_s, C, H, W)`` source and ``(B_t, C, H, W)`` target,
-random labels). One step is::
+It is built from the engine's own pieces, so that only the loop differs: the run assembled as
+training assembles it (:func:`~tllib_jtln.engine.assembly.assemble`: task, method, model with
+``--channels-last`` included), the optimiser of :func:`~tllib_jtln.engine.state.build_optimizer`
+(SGD Nesterov over the same parameter groups), the method set up on the model, and ONE pre-made
+batch of random images with the run's shapes (``(B_s, C, H, W)`` source and ``(B_t, C, H, W)``
+target, random labels). One step is the engine's (:mod:`tllib_jtln.engine.step`)::
 
-    with autocast_context(device, cfg):
-        terms = method.losses(model, batch, progress)
-    loss = sum(terms.values()); optimizer.zero_grad(set_to_none=True); loss.backward(); optimizer.step()
+    terms, loss = loss_terms(method, model, batch, progress, autocast_context(device, cfg))
+    descend(loss, optimizer)   # zero_grad(set_to_none=True), backward, step
 
 No data loading, no device moves, no finite-loss check, no logging.
 """
@@ -22,9 +22,12 @@ from typing import Any, Callable
 import torch
 
 from ..config import Config
+from ..data import JointBatch
 from . import distributed as D
+from .assembly import assemble, make_context
 from .precision import autocast_context
-from .trainer import Parts, build_optimizer, build_run_task, make_context
+from .state import build_optimizer
+from .step import descend, loss_terms
 
 
 @dataclass
@@ -47,16 +50,9 @@ class BareStep:
 def bare_step(cfg: Config, log_dir: str | Path, *, compile_model: bool = False, seed: int = 0) -> BareStep:
     """The :class:`BareStep` of ``cfg`` on the CPU (see the module docstring); ``compile_model`` wraps
     the model in ``torch.compile`` (compiled on the first step)."""
-    from ..data import JointBatch
-    from ..methods import build_method
-    from ..models import build_model
-
     device = torch.device("cpu")
-    task = build_run_task(cfg)
-    method = build_method(cfg, task)
-    model = build_model(cfg, task)
-    method.prepare_model(model)
-    parts = Parts(cfg=cfg, task=task, model=model, device=device, info=D.DistInfo(), log_dir=Path(log_dir))
+    parts = assemble(cfg, device, D.DistInfo(), log_dir)
+    method, model, task = parts.method, parts.model, parts.task
     ctx = make_context(parts, {"epoch": 0})
     method.setup(ctx)
     method.on_stage_start(0, ctx)  # as the engine: the first stage, then its first epoch
@@ -74,12 +70,8 @@ def bare_step(cfg: Config, log_dir: str | Path, *, compile_model: bool = False, 
     net = torch.compile(model) if compile_model else model
 
     def step(progress: float) -> dict:
-        with autocast_context(device, cfg):
-            terms = method.losses(net, batch, progress)
-        loss = sum(terms.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        terms, loss = loss_terms(method, net, batch, progress, autocast_context(device, cfg))
+        descend(loss, optimizer)
         return terms
 
     return BareStep(step=step, model=net, method=method, optimizer=optimizer, batch=batch, cfg=cfg)

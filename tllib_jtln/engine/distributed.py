@@ -117,7 +117,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     """
     if not active():
         return obj
-    holder = [_to_cpu(obj) if dist.get_rank() == src else None]
+    holder = [to_device(obj, "cpu") if dist.get_rank() == src else None]
     dist.broadcast_object_list(holder, src=src)
     return holder[0]
 
@@ -133,11 +133,12 @@ def all_agree(flag: bool) -> bool:
     return int(t.item()) == 0
 
 
-def _to_cpu(obj: Any) -> Any:
+def to_device(obj: Any, device: torch.device | str) -> Any:
+    """``obj`` with every tensor inside it (dicts, lists, tuples) detached and moved to ``device``."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
+        return obj.detach().to(device)
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: to_device(v, device) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
+        return type(obj)(to_device(v, device) for v in obj)
     return obj

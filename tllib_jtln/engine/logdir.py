@@ -234,6 +234,15 @@ def write_env(log_dir: Path, device: str, world_size: int) -> Path:
 
 
 # ----------------------------------------------------------------------------- metrics
+#: ``train_*`` fields of a metrics record that are not loss terms
+NOT_LOSSES = ("train_steps", "train_time_s")
+
+
+def loss_keys(record: dict) -> list[str]:
+    """The loss-term keys of a ``metrics.jsonl`` record (``train_loss``, ``train_<term>``), in its order."""
+    return [k for k in record if k.startswith("train_") and k not in NOT_LOSSES]
+
+
 class MetricsLog:
     """``metrics.jsonl``: one JSON object per line (one per epoch, written by the main process)."""
 

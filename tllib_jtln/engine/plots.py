@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..fileio import write_text
+from .logdir import loss_keys
 
 
 def _figure(width: float, height: float):
@@ -55,9 +56,8 @@ def plot_curves(records: Sequence[dict], path: str | Path) -> Path:
     fig = _figure(10, 4)
     ax_loss, ax_acc = fig.subplots(1, 2)
     epochs = [r.get("epoch") for r in records]
-    not_losses = ("train_steps", "train_time_s")
-    loss_keys = sorted({k for r in records for k in r if k.startswith("train_") and k not in not_losses})
-    for key in loss_keys:
+    keys = sorted({k for r in records for k in loss_keys(r)})
+    for key in keys:
         xs = [e for e, r in zip(epochs, records) if isinstance(r.get(key), (int, float))]
         ys = [r[key] for r in records if isinstance(r.get(key), (int, float))]
         if xs:
@@ -66,7 +66,7 @@ def plot_curves(records: Sequence[dict], path: str | Path) -> Path:
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("mean loss per step")
     ax_loss.set_title("training loss terms")
-    if loss_keys:
+    if keys:
         ax_loss.legend(fontsize=8)
     for key, label in (("val_top1", "val top-1"), ("val_mean_class_acc", "val mean class acc")):
         xs = [e for e, r in zip(epochs, records) if isinstance(r.get(key), (int, float))]

@@ -187,7 +187,7 @@ def train_from_flags(given: dict) -> int:
 
 def test_from_flags(given: dict) -> int:
     """``tllib-jtln test --log DIR``: evaluate the best checkpoint of the run in DIR on the target test set."""
-    from .trainer import evaluate_run
+    from .tester import evaluate_run
 
     evaluate_run(saved_run_config(given))
     return 0

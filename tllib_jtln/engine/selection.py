@@ -8,6 +8,7 @@ the last epoch is kept). Without validation every epoch's record carries NaN acc
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 from ..data.task import is_embedded
 from ..data.val_split import resolve_val_split, selected_on
@@ -44,3 +45,17 @@ def selection_fields(cfg, task) -> dict:
     if on == "last":
         fields.update(val_top1=None, val_mean_class_acc=None)
     return fields
+
+
+def better(a: dict, b: Optional[dict]) -> bool:
+    """Validation record ``a`` beats ``b``: higher top-1, then higher mean per-class accuracy (ties:
+    the earlier epoch stays). Without validation (NaN accuracies) the later epoch is kept."""
+    if b is None or (math.isnan(_num(a["val_top1"], math.nan)) and math.isnan(_num(b["val_top1"], math.nan))):
+        return True  # the first epoch, or no validation (--val-split none): the later epoch is kept
+    ka = (_num(a["val_top1"]), _num(a["val_mean_class_acc"]))
+    kb = (_num(b["val_top1"]), _num(b["val_mean_class_acc"]))
+    return ka > kb
+
+
+def _num(x: float, missing: float = -1.0) -> float:
+    return missing if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
