@@ -8,7 +8,8 @@ import torch
 
 from tllib_jtln.config import Config
 from tllib_jtln.data import DATASETS, BadImageWarning, build_task, prepare_dataset, read_image_list
-from tllib_jtln.data.imagelist import ImageList, class_names_from_paths
+from tllib_jtln.data.imagelist import ImageList
+from tllib_jtln.data.list_files import class_names_from_paths
 from tllib_jtln.errors import UserError
 
 RATES = (100, 50, 30, 15)

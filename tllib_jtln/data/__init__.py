@@ -9,7 +9,8 @@
 - :func:`prepare_dataset`: ``tllib-jtln data prepare NAME``.
 """
 from .datasets import DATASETS, INFO, canonical_name, prepare_dataset
-from .imagelist import BadImageWarning, ImageList, read_image_list
+from .imagelist import BadImageWarning, ImageList
+from .list_files import read_image_list
 from .joint import JointBatch, JointLoader, eval_loader
 from .sampling import cap_per_class, split_per_class
 from .task import build_task

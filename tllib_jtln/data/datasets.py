@@ -26,7 +26,7 @@ OxfordFlowers102 (102) and Caltech101 (TLlib's 102-name list); read from the fol
 the listed paths for CUB200, StanfordCars, StanfordDogs, SUN397, Food101 and ``ImageList``
 (``train/001.Black_footed_Albatross/x.jpg`` -> ``001.Black_footed_Albatross``), falling back to
 ``class_<i>`` when the folders do not name the classes one to one (see
-:func:`~tllib_jtln.data.imagelist.class_names_from_paths`); ``ImageList`` also reads
+:func:`~tllib_jtln.data.list_files.class_names_from_paths`); ``ImageList`` also reads
 ``image_list/classes.txt`` (one name per line) when present; CIFAR from torchvision's meta file.
 """
 from __future__ import annotations
@@ -44,7 +44,8 @@ from ..registry import Registry
 from . import fashion_mnist as fmnist
 from .class_names import AIRCRAFT_CLASSES, CALTECH101_CLASSES, DTD_CLASSES, FLOWERS_CLASSES, PETS_CLASSES
 from .memory import ArrayImages
-from .imagelist import ImageList, class_names_from_paths, read_image_list, scan_image_folder
+from .imagelist import ImageList
+from .list_files import class_names_from_paths, read_image_list, scan_image_folder
 
 DATASETS: Registry[Callable] = Registry("datasets")
 

@@ -25,7 +25,7 @@ from typing import Optional
 from ..errors import UserError
 from .datasets import DATASETS, canonical_name
 from .fashion_mnist import build_fashion_mnist_task
-from .imagelist import check_labels
+from .list_files import check_labels
 from .sampling import STREAM_SOURCE, cap_per_class, data_seed
 from .transfer_task import TransferTask
 from .transforms import build_transforms, check_tllib_options, embedded_transforms, tllib_options
