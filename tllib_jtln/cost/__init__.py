@@ -14,8 +14,9 @@ entry exists so that ``tllib-jtln list costs`` shows it).
 from . import builders as _builders  # noqa: F401  (registers the builders)
 from .build import COSTS, FILE_PREFIX, NORMALIZATIONS, CostInputs, build_cost, cost_options, normalize_cost
 from .builders import class_means, pairwise_distance, seeded_derangement
+from .embeddings import load_embeddings
 from .features import collect_features, weights_fingerprint
-from .io import describe_cost, load_cost_file, load_embeddings, nearest_sources, plot_cost, save_cost
+from .io import describe_cost, load_cost_file, nearest_sources, plot_cost, save_cost
 from .knn import knn_affinity, knn_search, knn_search_torch, l2_normalize
 
 __all__ = [

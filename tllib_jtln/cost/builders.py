@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from .build import COSTS, CostInputs, build_from_inputs
-from .io import load_embeddings, lookup_embeddings
+from .embeddings import load_embeddings, lookup_embeddings
 from .knn import knn_affinity, knn_search, knn_search_torch, l2_normalize
 
 

@@ -1,5 +1,5 @@
-"""Cost matrices on disk: ``file:PATH`` loading, saving with class names, heatmaps, and the
-class-name embedding files of the ``semantic`` cost.
+"""Cost matrices on disk: ``file:PATH`` loading, saving with class names, heatmaps (the
+class-name embedding files of the ``semantic`` cost: :mod:`tllib_jtln.cost.embeddings`).
 
 Files are read as data only: ``.npy`` with ``allow_pickle=False``, JSON with ``json``, CSV with
 ``csv``. Every problem is a one-line :class:`UserError` naming the file and the fix.
@@ -12,8 +12,6 @@ Formats:
 - ``.csv``: ``Ks`` rows of ``Kt`` numbers; optionally a header row of target class names (its
   first cell is a free label such as ``source\\target`` when there is a name column) and a first
   column of source class names. Class names must not be numbers.
-- embeddings (``semantic``): ``.json`` ``{"class name": [v1, v2, ...]}`` or ``.csv`` rows
-  ``class name,v1,v2,...`` (an optional header row whose value cells are not numbers is skipped).
 """
 from __future__ import annotations
 
@@ -31,7 +29,8 @@ from ..fileio import atomic_write
 
 
 # ---------------------------------------------------------------------------- small helpers
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """Whether a CSV cell reads as a number."""
     try:
         float(text)
     except ValueError:
@@ -39,7 +38,8 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _read_csv(path: Path) -> list[list[str]]:
+def read_csv_rows(path: Path) -> list[list[str]]:
+    """The non-empty rows of a UTF-8 CSV file, cells stripped (a UserError naming the file otherwise)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = [[cell.strip() for cell in row] for row in csv.reader(handle)]
@@ -50,7 +50,8 @@ def _read_csv(path: Path) -> list[list[str]]:
     return [row for row in rows if any(row)]
 
 
-def _read_json(path: Path):
+def read_json(path: Path):
+    """A UTF-8 JSON file as data (a UserError naming the file otherwise)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -83,7 +84,7 @@ def _load_npy(path: Path) -> tuple[np.ndarray, Optional[list], Optional[list]]:
     source_names = target_names = None
     names_file = path.with_suffix(".json")
     if names_file.is_file():
-        meta = _read_json(names_file)
+        meta = read_json(names_file)
         if not isinstance(meta, dict):
             raise UserError(f"{names_file}: expected {{\"source_classes\": [...], \"target_classes\": [...]}}")
         for key in ("source_classes", "target_classes"):
@@ -95,12 +96,12 @@ def _load_npy(path: Path) -> tuple[np.ndarray, Optional[list], Optional[list]]:
 
 
 def _load_csv_matrix(path: Path) -> tuple[np.ndarray, Optional[list], Optional[list]]:
-    rows = _read_csv(path)
+    rows = read_csv_rows(path)
     if not rows:
         raise UserError(f"cost file {path}: empty; write one row per source class")
-    names_column = not _is_number(rows[-1][0])
+    names_column = not is_number(rows[-1][0])
     first = rows[0][1 if names_column else 0:]
-    header = bool(first) and all(not _is_number(cell) for cell in first)
+    header = bool(first) and all(not is_number(cell) for cell in first)
     target_names = rows[0][1 if names_column else 0:] if header else None
     body = rows[1:] if header else rows
     if not body:
@@ -181,67 +182,6 @@ def load_cost_file(path: str | Path, source_classes: Optional[Sequence[str]] = N
 #: The largest entry a cost file may hold: costs are used in float32 (max ~3.4e38), and a sum
 #: over a row or a normalisation must not overflow to inf.
 COST_MAX = 1e30
-
-
-# ---------------------------------------------------------------------------- semantic embeddings
-def load_embeddings(path: str | Path) -> dict[str, np.ndarray]:
-    """Class-name embeddings ``{name: (D,) float64}`` from ``.json`` or ``.csv`` (see the module doc)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"--semantic-file not found: {path}")
-    suffix = path.suffix.lower()
-    table: dict[str, list] = {}
-    if suffix == ".json":
-        data = _read_json(path)
-        if not isinstance(data, dict):
-            raise UserError(f"--semantic-file {path}: expected a JSON object {{\"class name\": [numbers]}}")
-        for name, vec in data.items():
-            if not isinstance(vec, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                    for v in vec):
-                raise UserError(f"--semantic-file {path}: the embedding of '{name}' must be a list of numbers")
-            table[name] = vec
-    elif suffix == ".csv":
-        rows = _read_csv(path)
-        if rows and not all(_is_number(c) for c in rows[0][1:]):
-            rows = rows[1:]  # header
-        for line, row in enumerate(rows, start=1):
-            try:
-                table[row[0]] = [float(c) for c in row[1:]]
-            except ValueError:
-                raise UserError(f"--semantic-file {path}: row '{row[0]}' has a value that is not a number") from None
-    else:
-        raise UserError(f"--semantic-file {path}: unknown format '{suffix}'; use .json or .csv")
-    if not table:
-        raise UserError(f"--semantic-file {path}: no embeddings in it")
-    dims = {len(v) for v in table.values()}
-    if len(dims) != 1 or 0 in dims:
-        raise UserError(f"--semantic-file {path}: embeddings have different or zero lengths ({sorted(dims)}); "
-                        f"give every class the same number of values")
-    out = {}
-    for name, vec in table.items():
-        arr = np.asarray(vec, dtype=np.float64)
-        if not np.isfinite(arr).all():
-            raise UserError(f"--semantic-file {path}: the embedding of '{name}' has NaN or inf")
-        out[name] = arr
-    return out
-
-
-def lookup_embeddings(table: dict[str, np.ndarray], names: Sequence[str], side: str, path) -> np.ndarray:
-    """``(len(names), D)`` rows of ``table``; exact names first, then case/underscore-insensitive."""
-
-    def norm(text: str) -> str:
-        return " ".join(text.replace("_", " ").replace("-", " ").lower().split())
-
-    loose = {norm(k): v for k, v in table.items()}
-    rows = []
-    for name in names:
-        vec = table.get(name)
-        if vec is None:
-            vec = loose.get(norm(name))
-        if vec is None:
-            raise UserError(f"--semantic-file {path}: no embedding for {side} class '{name}'; add it to the file")
-        rows.append(vec)
-    return np.stack(rows)
 
 
 # ---------------------------------------------------------------------------- save / plot / describe
