@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .build import COSTS, CostInputs, build_from_inputs
+from .build import COSTS, build_from_inputs
+from .inputs import CostInputs
 from .embeddings import load_embeddings, lookup_embeddings
 from .knn import knn_affinity, knn_search, knn_search_torch, l2_normalize
 
