@@ -5,11 +5,11 @@ A cost matrix ``M`` has shape ``(Ks, Kt)``: rows are source classes, columns tar
 ``M >= 0``, normalised by ``normalize`` (``global``: ``max(M) = 1``; ``column``: each target
 column mapped onto ``[0, 1]``; ``none``: the builder's scale). Small cost means "related".
 
-A builder is a function ``builder(inputs: CostInputs) -> Tensor (Ks, Kt)`` (:mod:`tllib_jtln.cost.inputs`)
-registered with ``@COSTS.register(name)``; it returns a non-negative float matrix and
-:func:`build_cost` does the checking and the normalisation. ``file:PATH`` is parsed by :func:`build_cost` itself; the
-registry holds a ``file:PATH`` entry only so that ``tllib-jtln list costs`` and the "did you
-mean" suggestions show it.
+A builder is a function ``builder(inputs: CostInputs) -> Tensor (Ks, Kt)``
+(:mod:`tllib_jtln.cost.inputs`) registered with ``@COSTS.register(name)``; it returns a
+non-negative float matrix and :func:`build_cost` does the checking and the normalisation.
+``file:PATH`` is parsed by :func:`build_cost` itself; the registry holds a ``file:PATH`` entry only
+so that ``tllib-jtln list costs`` and the "did you mean" suggestions show it.
 """
 from __future__ import annotations
 
