@@ -156,16 +156,26 @@ def _to_float(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class GrayEval:
-    """uint8 ``(H, W)`` -> normalised float ``(1, S, S)``: ``(resize(x / 255) - mean) / std``."""
+    """uint8 ``(H, W)`` -> normalised float ``(1, S, S)``: ``(resize(x / 255) - mean) / std``.
 
-    def __init__(self, image_size: int = 28, mean: float = FASHION_MNIST_MEAN, std: float = FASHION_MNIST_STD):
-        self.image_size, self.mean, self.std = int(image_size), mean, std
+    ``invert``: ``x -> 1 - x`` first (dark objects on a light ground, as in product photos), with
+    the mean mirrored to ``1 - mean`` so that the normalised images keep zero mean.
+    """
+
+    def __init__(self, image_size: int = 28, mean: float = FASHION_MNIST_MEAN, std: float = FASHION_MNIST_STD,
+                 invert: bool = False):
+        self.image_size, self.std, self.invert = int(image_size), std, bool(invert)
+        self.mean = 1.0 - mean if invert else mean
+
+    def _grey(self, image: torch.Tensor) -> torch.Tensor:
+        x = _to_float(image, self.image_size)
+        return 1.0 - x if self.invert else x
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        return (_to_float(image, self.image_size) - self.mean) / self.std
+        return (self._grey(image) - self.mean) / self.std
 
     def __repr__(self) -> str:
-        return f"GrayEval(image_size={self.image_size})"
+        return f"{type(self).__name__}(image_size={self.image_size}{', invert=True' if self.invert else ''})"
 
 
 class GrayTrain(GrayEval):
@@ -175,25 +185,24 @@ class GrayTrain(GrayEval):
     """
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        x = _to_float(image, self.image_size)
+        x = self._grey(image)
         size = self.image_size
         pad = max(1, size // 14)
-        padded = F.pad(x, (pad, pad, pad, pad))
+        padded = F.pad(x, (pad, pad, pad, pad), value=1.0 if self.invert else 0.0)  # the ground's grey level
         top, left, flip = torch.randint(0, 2 * pad + 1, (2,)).tolist() + [bool(torch.rand(()) < 0.5)]
         x = padded[:, top:top + size, left:left + size]
         if flip:
             x = x.flip(-1)
         return (x - self.mean) / self.std
 
-    def __repr__(self) -> str:
-        return f"GrayTrain(image_size={self.image_size})"
 
 
-def embedded_transforms(kind: str, image_size: Optional[int], data_config: Optional[dict] = None
-                        ) -> tuple[Callable, Callable, int]:
+def embedded_transforms(kind: str, image_size: Optional[int], data_config: Optional[dict] = None,
+                        invert: bool = False) -> tuple[Callable, Callable, int]:
     """Transforms for the embedded Fashion-MNIST task -> (train, eval, image_size); 1 channel.
 
-    Default size: 28 (``auto``/``small``/``tllib``), the backbone's input size (``timm``).
+    Default size: 28 (``auto``/``small``/``tllib``), the backbone's input size (``timm``);
+    ``invert``: grey levels inverted (``--invert``).
     """
     if kind not in ("auto", "small", "tllib", "timm"):
         raise UserError(f"--transforms: unknown choice '{kind}' (auto, tllib, timm, small)")
@@ -203,4 +212,4 @@ def embedded_transforms(kind: str, image_size: Optional[int], data_config: Optio
     size = int(size or 28)
     if size < 8:
         raise UserError(f"--image-size {size} is too small (at least 8)")
-    return GrayTrain(size), GrayEval(size), size
+    return GrayTrain(size, invert=invert), GrayEval(size, invert=invert), size
