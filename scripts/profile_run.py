@@ -5,9 +5,10 @@ Runs ``tllib_jtln.engine.trainer.train(cfg)`` once under cProfile and sums the c
 named functions (a phase whose functions are not found prints ``n/a``):
 
 - run: task and model build, method setup (the cost matrix's feature pass), training steps (the
-  ``train_time_s`` of ``metrics.jsonl``), validation (every call of the trainer's ``evaluate`` but
-  the last, timed by a wrapper), the final test pass with plots and ``summary.json``, checkpoints; "other" is the rest of the wall
-  time (imports, log folder).
+  ``train_time_s`` of ``metrics.jsonl``), validation (the trainer's ``evaluate`` calls outside
+  ``_finish``, timed by a wrapper), the final test pass with the transport view, plots and
+  ``summary.json`` (``_finish``), checkpoints; "other" is the rest of the wall time (imports, log
+  folder). The test pass's images per second are printed below the table.
 - step, averaged over the steps: data (``JointLoader.__next__`` and the device move),
   forward+backward (the method's ``losses`` and ``Tensor.backward``, OT taken out), OT (the
   Wasserstein term's forward and backward), optimiser (``zero_grad`` and ``SGD.step``), logging
@@ -56,14 +57,25 @@ def cumulative(stats: pstats.Stats, patterns: list[tuple[str, str]]):
     return total if found else None
 
 
-def timed(calls: list[float], fn):
-    """``fn`` wrapped so that each call appends its duration (seconds) to ``calls``."""
+def timed(calls: list[tuple[str, float, int]], fn, phase: list[str]):
+    """``fn`` (the trainer's ``evaluate``) wrapped so that each call appends ``(phase, seconds,
+    images)`` to ``calls``; ``phase[0]`` says where the call came from ("validation" or "finish")."""
     def wrapper(*args, **kwargs):
         start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        calls.append((phase[0], time.perf_counter() - start, int(getattr(result, "count", 0) or 0)))
+        return result
+    return wrapper
+
+
+def inside(phase: list[str], name: str, fn):
+    """``fn`` wrapped so that ``phase[0]`` reads ``name`` while it runs."""
+    def wrapper(*args, **kwargs):
+        previous, phase[0] = phase[0], name
         try:
             return fn(*args, **kwargs)
         finally:
-            calls.append(time.perf_counter() - start)
+            phase[0] = previous
     return wrapper
 
 
@@ -90,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         given = {"log": str(Path(tmp) / "run"), "progress": False, "epochs": 2, "iters_per_epoch": 50, **flags}
         cfg = resolve_config(given)
-        evaluations: list[float] = []
-        trainer.evaluate = timed(evaluations, trainer.evaluate)
+        evaluations: list[tuple[str, float, int]] = []
+        phase = ["validation"]
+        trainer.evaluate = timed(evaluations, trainer.evaluate, phase)
+        trainer._finish = inside(phase, "finish", trainer._finish)
         profiler = cProfile.Profile()
         start = time.perf_counter()
         profiler.enable()
@@ -102,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     stats = pstats.Stats(profiler)
     training = sum(r.get("train_time_s", float("nan")) for r in records)
     steps = records[-1]["step"] if records else 0
-    validation = sum(evaluations[:-1]) if evaluations else None
+    validation = sum(seconds for where, seconds, _ in evaluations if where == "validation")
+    finish_calls = [(seconds, images) for where, seconds, images in evaluations if where == "finish"]
+    test_seconds, test_images = finish_calls[0] if finish_calls else (float("nan"), 0)
 
     run_rows = [(RUN_PHASES[0][0], cumulative(stats, RUN_PHASES[0][1])),
                 (RUN_PHASES[1][0], cumulative(stats, RUN_PHASES[1][1])),
@@ -121,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{cfg.method}, -a {cfg.arch}, {cfg.image_size} px, {cfg.source_batch_size or cfg.batch_size} source + "
           f"{cfg.batch_size} target images, {cfg.epochs} epochs x {cfg.iters_per_epoch} steps, under cProfile\n")
     print(table("run phase", run_rows, wall))
+    print(f"\ntest pass: {test_images} images in {test_seconds:.2f} s = {test_images / test_seconds:.0f} images/s "
+          f"(under cProfile); validation: {validation / max(cfg.epochs, 1):.2f} s per epoch against "
+          f"{training / max(cfg.epochs, 1):.2f} s of training steps per epoch")
     print()
     print(table(f"one step (mean of {steps})", step_rows, training, unit=max(steps, 1)))
     return 0

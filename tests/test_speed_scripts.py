@@ -40,7 +40,10 @@ def test_profile_run_sums_cumulative_times_of_named_functions_and_timed_calls():
     both = profile_run.cumulative(stats, [(here, "outer")])
     assert both is not None and both >= profile_run.cumulative(stats, [(here, "inner")]) > 0
     assert profile_run.cumulative(stats, [(here, "nowhere")]) is None
-    calls = []
-    assert profile_run.timed(calls, inner)() == sum(range(20000)) and len(calls) == 1 and calls[0] >= 0
+    calls, phase = [], ["validation"]
+    assert profile_run.timed(calls, inner, phase)() == sum(range(20000))
+    assert profile_run.inside(phase, "finish", profile_run.timed(calls, inner, phase))() == sum(range(20000))
+    assert [where for where, _, _ in calls] == ["validation", "finish"] and phase == ["validation"]
+    assert all(seconds >= 0 and images == 0 for _, seconds, images in calls)
     text = profile_run.table("phase", [("a", 0.5), ("b", None)], whole=1.0, unit=2)
     assert "| a | 250.0 | 50% |" in text and "| b | n/a | |" in text and "| **total** | 500.0 | 100% |" in text

@@ -171,8 +171,21 @@ class GrayEval:
         x = _to_float(image, self.image_size)
         return 1.0 - x if self.invert else x
 
+    def _grey_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, H, W)`` -> float ``(B, 1, S, S)``: :meth:`_grey` of every image in one call."""
+        x = images.to(torch.float32).div_(255.0).unsqueeze(1)
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
+                              antialias=self.image_size < images.shape[-1])
+        return 1.0 - x if self.invert else x
+
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         return (self._grey(image) - self.mean) / self.std
+
+    def apply_batch(self, images: torch.Tensor, seeds: Optional[list[int]] = None) -> torch.Tensor:
+        """The transform of a whole batch, uint8 ``(B, H, W)`` -> ``(B, 1, S, S)``, equal to stacking
+        ``self(image)`` per image (``seeds`` is unused: nothing is random here)."""
+        return (self._grey_batch(images) - self.mean) / self.std
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(image_size={self.image_size}{', invert=True' if self.invert else ''})"
@@ -184,16 +197,38 @@ class GrayTrain(GrayEval):
     Randomness comes from torch's global generator (the joint loader seeds it per sample).
     """
 
+    def _draw(self, generator: Optional[torch.Generator] = None) -> tuple[int, int, bool]:
+        """(top, left, flip) of one image: two ``randint(0, 2 * pad + 1)`` then one ``rand() < 0.5``."""
+        pad = max(1, self.image_size // 14)
+        top, left = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
+        return top, left, bool(torch.rand((), generator=generator) < 0.5)
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        pad = max(1, self.image_size // 14)
+        return F.pad(x, (pad, pad, pad, pad), value=1.0 if self.invert else 0.0)  # the ground's grey level
+
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        x = self._grey(image)
         size = self.image_size
-        pad = max(1, size // 14)
-        padded = F.pad(x, (pad, pad, pad, pad), value=1.0 if self.invert else 0.0)  # the ground's grey level
-        top, left, flip = torch.randint(0, 2 * pad + 1, (2,)).tolist() + [bool(torch.rand(()) < 0.5)]
+        padded = self._pad(self._grey(image))
+        top, left, flip = self._draw()
         x = padded[:, top:top + size, left:left + size]
         if flip:
             x = x.flip(-1)
         return (x - self.mean) / self.std
+
+    def apply_batch(self, images: torch.Tensor, seeds: Optional[list[int]] = None) -> torch.Tensor:
+        """A whole batch, uint8 ``(B, H, W)`` -> ``(B, 1, S, S)``, equal to stacking ``self(image)``
+        per image where image ``i`` draws its crop and flip from a generator seeded with ``seeds[i]``
+        (``None``: from torch's global generator, image after image, as calling ``self`` in turn)."""
+        size = self.image_size
+        padded = self._pad(self._grey_batch(images))
+        out = torch.empty(padded.shape[0], 1, size, size, dtype=padded.dtype)
+        for i in range(padded.shape[0]):
+            generator = torch.Generator().manual_seed(int(seeds[i])) if seeds is not None else None
+            top, left, flip = self._draw(generator)
+            crop = padded[i, :, top:top + size, left:left + size]
+            out[i] = crop.flip(-1) if flip else crop
+        return (out - self.mean) / self.std
 
 
 
