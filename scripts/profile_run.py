@@ -6,8 +6,10 @@ named functions (a phase whose functions are not found prints ``n/a``):
 
 - run: task and model build, method setup (the cost matrix's feature pass), training steps (the
   ``train_time_s`` of ``metrics.jsonl``), validation (every call of ``evaluate`` in
-  :mod:`tllib_jtln.engine.epoch`, timed by a wrapper), the final test pass with plots and
-  ``summary.json``, checkpoints; "other" is the rest of the wall time (imports, log folder).
+  :mod:`tllib_jtln.engine.epoch`, timed by a wrapper), the final test pass with the transport
+  view, plots and ``summary.json``, checkpoints; "other" is the rest of the wall time (imports, log
+  folder). The test pass (the first ``evaluate`` of :mod:`tllib_jtln.engine.finish`) is also
+  printed in images per second.
 - step, averaged over the steps: data (``JointLoader.__next__`` and the device move),
   forward+backward (the method's ``losses`` and ``Tensor.backward``, OT taken out), OT (the
   Wasserstein term's forward and backward), optimiser (``zero_grad`` and ``SGD.step``), logging
@@ -56,14 +58,13 @@ def cumulative(stats: pstats.Stats, patterns: list[tuple[str, str]]):
     return total if found else None
 
 
-def timed(calls: list[float], fn):
-    """``fn`` wrapped so that each call appends its duration (seconds) to ``calls``."""
+def timed(calls: list[tuple[float, int]], fn):
+    """``fn`` (an ``evaluate``) wrapped so that each call appends ``(seconds, images evaluated)`` to ``calls``."""
     def wrapper(*args, **kwargs):
         start = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            calls.append(time.perf_counter() - start)
+        result = fn(*args, **kwargs)
+        calls.append((time.perf_counter() - start, int(getattr(result, "count", 0) or 0)))
+        return result
     return wrapper
 
 
@@ -83,15 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     from tllib_jtln.config import Config
     from tllib_jtln.engine.logdir import MetricsLog
     from tllib_jtln.engine.run import resolve_config
-    from tllib_jtln.engine import epoch, trainer
+    from tllib_jtln.engine import epoch, finish, trainer
 
     args = vars(build_parser().parse_args(["train", *(sys.argv[1:] if argv is None else argv)]))
     flags = {k: v for k, v in args.items() if k in Config.field_names()}
     with tempfile.TemporaryDirectory() as tmp:
         given = {"log": str(Path(tmp) / "run"), "progress": False, "epochs": 2, "iters_per_epoch": 50, **flags}
         cfg = resolve_config(given)
-        evaluations: list[float] = []
-        epoch.evaluate = timed(evaluations, epoch.evaluate)  # the validation passes
+        validations: list[tuple[float, int]] = []
+        tests: list[tuple[float, int]] = []
+        epoch.evaluate = timed(validations, epoch.evaluate)  # the validation passes
+        finish.evaluate = timed(tests, finish.evaluate)  # the test pass, then the transport view's pass
         profiler = cProfile.Profile()
         start = time.perf_counter()
         profiler.enable()
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     stats = pstats.Stats(profiler)
     training = sum(r.get("train_time_s", float("nan")) for r in records)
     steps = records[-1]["step"] if records else 0
-    validation = sum(evaluations) if evaluations else None
+    validation = sum(seconds for seconds, _ in validations) if validations else None
+    test_seconds, test_images = tests[0] if tests else (float("nan"), 0)
 
     run_rows = [(RUN_PHASES[0][0], cumulative(stats, RUN_PHASES[0][1])),
                 (RUN_PHASES[1][0], cumulative(stats, RUN_PHASES[1][1])),
@@ -121,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{cfg.method}, -a {cfg.arch}, {cfg.image_size} px, {cfg.source_batch_size or cfg.batch_size} source + "
           f"{cfg.batch_size} target images, {cfg.epochs} epochs x {cfg.iters_per_epoch} steps, under cProfile\n")
     print(table("run phase", run_rows, wall))
+    print(f"\ntest pass: {test_images} images in {test_seconds:.2f} s = {test_images / test_seconds:.0f} images/s "
+          f"(under cProfile); validation: {(validation or 0) / max(cfg.epochs, 1):.2f} s per epoch against "
+          f"{training / max(cfg.epochs, 1):.2f} s of training steps per epoch")
     print()
     print(table(f"one step (mean of {steps})", step_rows, training, unit=max(steps, 1)))
     return 0

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from tllib_jtln.bench.report import collect_results, mean_std, render_pairs, render_table, write_report
+from tllib_jtln.bench.report import (collect_results, k_of_settings, mean_std, plot_accuracy_vs_k, render_pairs,
+                                     render_switches, render_table, write_report)
 from tllib_jtln.bench.suite import expand_runs, load_suite, run_one
 from tllib_jtln.errors import UserError
 
@@ -87,3 +88,19 @@ def test_mean_std_in_percent():
     assert mean_std([0.25]) == (25.0, 0.0)
     mean, std = mean_std([0.1, 0.3])
     assert mean == pytest.approx(20.0) and std == pytest.approx(14.142, abs=1e-3)
+
+
+def test_accuracy_vs_k_picture_and_switches_caption(suite, tmp_path):
+    values = {(row, s): [0.5, 0.6, 0.7] for row in ("erm", "jtln") for s in ("K1", "K5")}
+    _fake_summaries(suite, tmp_path, values)
+    records = collect_results(suite, expand_runs(suite), tmp_path)
+    assert k_of_settings(suite) == {"K1": 1, "K5": 5}
+    md = write_report(suite, records, tmp_path, "suite.yaml").read_text()
+    picture = tmp_path / "accuracy_vs_k_demo.png"
+    assert picture.is_file() and picture.stat().st_size > 5000 and "accuracy_vs_k_demo.png" in md
+    for record in records:
+        record["switches"] = {"ot_reg": "kl", "ot_on": "target"} if record["row"] == "jtln" else {}
+    table = render_switches(suite, records)
+    assert "| jtln | ot_on=target; ot_reg=kl |" in table and "| erm | (none) |" in table
+    one_k = dict(suite, settings={"K5": {"num_samples_per_class": 5}})
+    assert plot_accuracy_vs_k(one_k, records, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()

@@ -126,3 +126,53 @@ def test_data_seed_fixes_the_draws_while_seed_changes():
 
     assert same(draw(seed=1, data_seed=0), draw(seed=0)) and same(draw(seed=2, data_seed=0), draw(seed=0))
     assert not same(draw(seed=1), draw(seed=0))
+
+
+def test_class_split_by_name_default_one_side_and_errors():
+    assert fm.class_split() == (fm.SOURCE_LABELS, fm.TARGET_LABELS)
+    # names are case-insensitive and keep the order given; the other side is the rest, in label order
+    source, target = fm.class_split(target_classes="ankle boot, T-shirt/top")
+    assert target == (9, 0) and source == (1, 2, 3, 4, 5, 6, 7, 8)
+    assert fm.class_split(source_classes="Bag,Coat") == ((8, 4), (0, 1, 2, 3, 5, 6, 7, 9))
+    with pytest.raises(UserError, match=r"--source-classes and --target-classes overlap in Coat"):
+        fm.class_split("Coat,Bag", "Coat,Dress")
+    with pytest.raises(UserError, match=r"--target-classes: unknown Fashion-MNIST class 'Sneakers'; did you mean 'Sneaker'"):
+        fm.class_split(target_classes="Sneakers,Dress")
+    with pytest.raises(UserError, match="given twice"):
+        fm.class_split(source_classes="Bag,bag")
+    with pytest.raises(UserError, match="at least 2 target classes"):
+        fm.class_split("Bag", "Dress")
+
+
+@needs_debian
+def test_a_second_split_relabels_in_the_order_given():
+    task = build_task(Config(source_classes="Trouser,Pullover,Dress,Sneaker,Bag",
+                             target_classes="T-shirt/top,Coat,Sandal,Shirt,Ankle boot", num_samples_per_class=2,
+                             val_per_class=3, source_per_class=10, workers=0))
+    assert task.source_classes == ["Trouser", "Pullover", "Dress", "Sneaker", "Bag"]
+    assert task.target_classes == ["T-shirt/top", "Coat", "Sandal", "Shirt", "Ankle boot"]
+    raw_images, raw_labels = fm.load_split(fm.DEBIAN_DIR, "test")
+    for new, original in enumerate((0, 4, 5, 6, 9)):
+        first = int(torch.nonzero(raw_labels == original)[0])
+        position = int(torch.nonzero(task.target_test.labels == new)[0])
+        assert torch.equal(task.target_test.images[position], raw_images[first])
+    assert collections.Counter(task.source_train.targets) == {c: 10 for c in range(5)}
+
+
+def test_class_options_belong_to_the_embedded_task(tmp_path):
+    with pytest.raises(UserError, match=r"--target-classes, --invert: options of the embedded Fashion-MNIST task"):
+        build_task(Config(data="DTD", root=str(tmp_path), target_classes="Dress,Bag", invert=True))
+
+
+def test_invert_mirrors_grey_levels_and_keeps_the_normalisation():
+    from tllib_jtln.data.transforms import FASHION_MNIST_MEAN, FASHION_MNIST_STD, GrayEval, GrayTrain
+
+    image = torch.zeros(28, 28, dtype=torch.uint8)
+    image[10:18, 10:18] = 255
+    plain, inverted = GrayEval(28)(image), GrayEval(28, invert=True)(image)
+    assert torch.allclose(inverted, -plain)  # x -> 1 - x with mean -> 1 - mean flips the sign exactly
+    assert inverted[0, 0, 0] == pytest.approx(FASHION_MNIST_MEAN / FASHION_MNIST_STD)  # ground: 1 - (1 - mean)
+    torch.manual_seed(0)
+    crop = GrayTrain(28, invert=True)(torch.zeros(28, 28, dtype=torch.uint8))
+    assert torch.allclose(crop, inverted[:, :1, :1].expand_as(crop))  # the padding is the (light) ground too
+

@@ -132,3 +132,31 @@ def test_array_images_give_pil_images_and_subsets_keep_their_type():
     assert isinstance(image, Image.Image) and image.size == (8, 8) and label == 1
     part = data.subset([1, 3])
     assert isinstance(part, ArrayImages) and part.targets == [1, 1] and part.num_classes == 2
+
+
+class _OneByOne(TensorImages):
+    """The same items without the batched path (``seeded_batch`` declines)."""
+
+    def seeded_batch(self, indices, seeds=None):
+        return None
+
+
+@pytest.mark.parametrize("size, invert", [(28, False), (28, True), (64, False), (20, True)])
+def test_batched_loading_equals_loading_item_by_item(size, invert):
+    torch.manual_seed(3)
+    images = torch.randint(0, 256, (30, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(30) % 3
+    for transform in (GrayTrain(size, invert=invert), GrayEval(size, invert=invert)):
+        batched = TensorImages(images, labels, ["a", "b", "c"], transform)
+        plain = _OneByOne(images, labels, ["a", "b", "c"], transform)
+        assert batched.seeded_batch([0, 1]) is not None and plain.seeded_batch([0, 1]) is None
+        fast, slow = JointLoader(batched, batched, 7, 5, seed=11), JointLoader(plain, plain, 7, 5, seed=11)
+        for _ in range(8):  # crosses passes of the 30-item set
+            a, b = next(fast), next(slow)
+            assert all(torch.equal(x, y) for x, y in zip(a, b))
+        # evaluation loaders fetch through __getitems__ (global generator, item after item)
+        torch.manual_seed(5)
+        fast_eval = torch.cat([x for x, _ in eval_loader(batched, 8, 0)])
+        torch.manual_seed(5)
+        slow_eval = torch.cat([x for x, _ in eval_loader(plain, 8, 0)])
+        assert torch.equal(fast_eval, slow_eval) and fast_eval.shape == (30, 1, size, size)

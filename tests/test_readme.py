@@ -22,3 +22,15 @@ def test_ci_runs_the_readme_test_command():
     assert commands == ["make demo", "make test"]
     ci = (ROOT / ".ci" / "run").read_text()
     assert "\nmake test\n" in ci
+
+
+def test_no_merge_conflict_markers_in_tracked_text():
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "*.md", "*.py", "*.yaml", "*.toml", "*.txt", "*.sh", "Makefile"],
+                           cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not files:  # not a git checkout (an sdist): the markdown at least
+        files = [p.relative_to(ROOT).as_posix() for p in ROOT.glob("*.md")]
+    marked = [name for name in files
+              if re.search(r"^(<{7} |>{7} |={7}$)", (ROOT / name).read_text(errors="replace"), re.M)]
+    assert not marked, f"merge conflict markers in {marked}"

@@ -66,6 +66,10 @@ class Config:
                                                  "none: no source images)")
     source_root: Optional[str] = _opt(None, "source dataset root folder")
     source_per_class: Optional[int] = _opt(None, "cap on source images per class (seeded); none: all")
+    source_classes: Optional[str] = _opt(None, "embedded task: comma-separated Fashion-MNIST class names of the "
+                                               "source set (default: T-shirt/top,Trouser,Coat,Sandal,Bag)")
+    target_classes: Optional[str] = _opt(None, "embedded task: comma-separated Fashion-MNIST class names of the "
+                                               "target set (default: Pullover,Dress,Shirt,Sneaker,Ankle boot)")
     # --- images
     image_size: Optional[int] = _opt(None, "input size; default: 224 (TLlib transforms), 28 (embedded task)")
     transforms: str = _opt("auto", "tllib: RandomResizedCrop/Resize+CenterCrop; timm: the backbone's data config; "
@@ -78,6 +82,8 @@ class Config:
                                         "res., res.|crop", choices=("default", "res.", "res.|crop"))
     hflip: bool = _opt(True, "random horizontal flip in training (--no-hflip: TLlib's flag)")
     color_jitter: bool = _opt(False, "TLlib's ColorJitter(0.5, 0.5, 0.5, 0.5) in training (--transforms tllib)")
+    invert: bool = _opt(False, "embedded task: invert grey levels (x -> 1 - x: dark objects on a light ground, "
+                               "as in the product photos an ImageNet backbone knows)")
     workers: int = _opt(2, "data loading workers per process", flags=("-j", "--workers"))
     skip_bad_images: bool = _opt(False, "skip bad images (and report how many) instead of stopping: unreadable, "
                                         "not a regular file, or over 16384 x 16384 pixels (268 MP, the decoding "

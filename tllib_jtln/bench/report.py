@@ -119,6 +119,70 @@ def render_pairs(suite: dict, records: list[dict], metric: str = "test_top1") ->
     return "\n".join(lines)
 
 
+def k_of_settings(suite: dict) -> dict[str, int]:
+    """``{setting: K}`` for the settings that fix ``num_samples_per_class`` (directly or through ``base``)."""
+    ks = {}
+    for setting, values in suite["settings"].items():
+        k = {**suite.get("base", {}), **(values or {})}.get("num_samples_per_class")
+        if isinstance(k, int):
+            ks[setting] = k
+    return ks
+
+
+def plot_accuracy_vs_k(suite: dict, records: list[dict], path: Path, metric: str = "test_top1") -> Path | None:
+    """Target test top-1 (%) against K, one line per method row, error bars = std over seeds.
+
+    Written when at least two settings differ in K; a row's point is drawn where it has a finished
+    seed. Returns the path, or None when there is nothing to draw."""
+    ks = k_of_settings(suite)
+    if len(set(ks.values())) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = sorted(ks, key=ks.get)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    drawn = 0
+    for index, row in enumerate(suite["methods"]):
+        points = [(ks[s], *mean_std(list(_values(records, row, s, metric).values())))
+                  for s in order if _values(records, row, s, metric)]
+        if not points:
+            continue
+        x, mean, std = zip(*points)
+        shift = (index - len(suite["methods"]) / 2) * 0.015  # side by side, so error bars do not hide each other
+        ax.errorbar([k * (1 + shift) for k in x], mean, yerr=std, marker="o", capsize=3, label=row)
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(set(ks.values())))
+    ax.set_xticklabels([str(k) for k in sorted(set(ks.values()))])
+    ax.set_xlabel("K (labelled target images per class)")
+    ax.set_ylabel("target test top-1 (%)")
+    ax.set_title(f"{suite['name']}: mean ± std over seeds {suite['seeds']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def render_switches(suite: dict, records: list[dict]) -> str:
+    """Each row's resolved switches, as its runs' ``summary.json`` recorded them (``switches``)."""
+    lines = ["| method | switches |", "|---|---|"]
+    for row in suite["methods"]:
+        seen = {json.dumps(r.get("switches") or {}, sort_keys=True) for r in records
+                if r["row"] == row and r["finished"]}
+        cells = ["; ".join(f"{k}={v}" for k, v in sorted(json.loads(x).items())) or "(none)" for x in sorted(seen)]
+        lines.append(f"| {row} | " + (" / ".join(cells) or "-") + " |")
+    return "\n".join(lines)
+
+
 def _selection_sentence(records: list[dict]) -> str:
     chosen = sorted({r.get("selected_on") or "val" for r in records if r["finished"]})
     words = {"val": "the target validation split", "test": f"the TEST set ({TEST_SELECTED})",
@@ -138,10 +202,14 @@ def write_report(suite: dict, records: list[dict], out_dir: Path, suite_file: st
              f"Runs finished: {finished}/{len(records)}. {_selection_sentence(records)}"]
     for metric, title in METRICS:
         parts += [f"\n**{title}**\n", render_table(suite, records, metric)]
-    parts += ["\n**images seen per stream (source + target) by each run**\n", render_budgets(suite, records)]
+    parts += ["\n**images seen per stream (source + target) by each run**\n", render_budgets(suite, records),
+              "\n**switches of each row (resolved, from summary.json)**\n", render_switches(suite, records)]
     pairs = render_pairs(suite, records)
     if pairs:
         parts += ["\n**paired differences, test top-1 (points, same seeds)**\n", pairs]
+    picture = plot_accuracy_vs_k(suite, records, out_dir / f"accuracy_vs_k_{suite['name']}.png")
+    if picture is not None:
+        parts += [f"\n![test top-1 against K]({picture.name})"]
     md_path = out_dir / f"results_{suite['name']}.md"
     md_path.write_text("\n".join(parts) + "\n")
     return md_path

@@ -1,16 +1,19 @@
 """The embedded transfer task on Fashion-MNIST: no download, a real class shift.
 
-Source classes (their training images, all or ``--source-per-class`` seeded):
+Source classes (their training images, all or ``--source-per-class`` seeded), by default:
 T-shirt/top (0), Trouser (1), Coat (4), Sandal (5), Bag (8), relabelled 0..4 in that order.
-Target classes: Pullover (2), Dress (3), Shirt (6), Sneaker (7), Ankle boot (9), relabelled
-0..4 in that order: ``K = --num-samples-per-class`` (default 10) seeded labelled training images
+Target classes, by default: Pullover (2), Dress (3), Shirt (6), Sneaker (7), Ankle boot (9),
+relabelled 0..4 in that order. ``--source-classes`` / ``--target-classes`` (comma-separated class
+names, case-insensitive, relabelled in the order given) choose another split; giving one side only
+makes the other side the remaining classes. Target images: ``K = --num-samples-per-class``
+(default 10) seeded labelled training images
 per class, ``--val-per-class`` seeded validation images per class from the rest of the target
 training pool (``--val-split rest``, the default; ``train`` carves it from the K images instead,
 ``test`` selects on the test set, ``none`` keeps the last epoch), and the official test images of
 the five target classes (1000 each) as test set.
 
 Sizes with the defaults (K = 10, 20 validation images per class): source 30000, target train
-50, target val 100, target test 5000.
+50, target val 100, target test 5000 (1000 test images per target class).
 
 Files (idx format, gzip or not) are looked up in ``--root``, then torchvision's layout
 ``<root>/FashionMNIST/raw/``, then ``./data/FashionMNIST/raw/`` (where ``tllib-jtln data
@@ -21,6 +24,7 @@ Fashion-MNIST mean and std (``S = 28`` unless ``--image-size``).
 """
 from __future__ import annotations
 
+import difflib
 import gzip
 import os
 import shutil
@@ -132,6 +136,51 @@ def _relabelled(images: torch.Tensor, labels: torch.Tensor, keep: tuple[int, ...
     return images[rows], new[rows]
 
 
+def _class_labels(text: str, flag: str) -> tuple[int, ...]:
+    """Comma-separated class names (case-insensitive) -> their Fashion-MNIST labels, in the order given."""
+    by_name = {name.lower(): label for label, name in enumerate(CLASSES)}
+    labels: list[int] = []
+    for raw in str(text).split(","):
+        name = raw.strip()
+        if not name:
+            continue
+        if name.lower() not in by_name:
+            close = difflib.get_close_matches(name, CLASSES, n=1, cutoff=0.5)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise UserError(f"{flag}: unknown Fashion-MNIST class '{name}'; {hint}classes: {', '.join(CLASSES)}")
+        if by_name[name.lower()] in labels:
+            raise UserError(f"{flag}: class '{name}' is given twice")
+        labels.append(by_name[name.lower()])
+    if not labels:
+        raise UserError(f"{flag}: no class names given; classes: {', '.join(CLASSES)}")
+    return tuple(labels)
+
+
+def class_split(source_classes: Optional[str] = None, target_classes: Optional[str] = None
+                ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(source labels, target labels) of the embedded task from ``--source-classes`` /
+    ``--target-classes``: the default split when neither is given; one side given, the other is
+    the remaining classes in label order. Overlapping sides are a :class:`UserError` naming the classes."""
+    if source_classes is None and target_classes is None:
+        return SOURCE_LABELS, TARGET_LABELS
+    source = _class_labels(source_classes, "--source-classes") if source_classes is not None else None
+    target = _class_labels(target_classes, "--target-classes") if target_classes is not None else None
+    if source is None:
+        source = tuple(label for label in range(len(CLASSES)) if label not in target)
+    if target is None:
+        target = tuple(label for label in range(len(CLASSES)) if label not in source)
+    shared = [CLASSES[label] for label in source if label in target]
+    if shared:
+        raise UserError(f"--source-classes and --target-classes overlap in {', '.join(shared)}; "
+                        f"a class belongs to one side only")
+    if len(target) < 2:
+        raise UserError(f"--target-classes: a classifier needs at least 2 target classes, got "
+                        f"{', '.join(CLASSES[t] for t in target) or 'none'}")
+    if not source:
+        raise UserError("--source-classes: no source class left; leave at least one class to the source side")
+    return source, target
+
+
 def require_folder(root: Optional[str | Path], download: bool = False) -> Path:
     """The folder with the files; with ``download``, fetch them first if missing."""
     folder = locate(root)
@@ -163,16 +212,17 @@ def build_fashion_mnist_task(cfg, train_transform: Callable, eval_transform: Cal
     k = cfg.num_samples_per_class if cfg.num_samples_per_class is not None else DEFAULT_K
     if k < 1:
         raise UserError(f"--num-samples-per-class must be >= 1, got {k}")
-    source_classes = [CLASSES[i] for i in SOURCE_LABELS]
-    target_classes = [CLASSES[i] for i in TARGET_LABELS]
+    source_labels, target_labels = class_split(cfg.source_classes, cfg.target_classes)
+    source_classes = [CLASSES[i] for i in source_labels]
+    target_classes = [CLASSES[i] for i in target_labels]
 
-    s_images, s_labels = _relabelled(train_images, train_labels, SOURCE_LABELS)
+    s_images, s_labels = _relabelled(train_images, train_labels, source_labels)
     keep = cap_per_class(s_labels.numpy(), cfg.source_per_class, data_seed(cfg), STREAM_SOURCE)
     source = TensorImages(s_images, s_labels, source_classes).subset(keep, train_transform)
 
-    t_images, t_labels = _relabelled(train_images, train_labels, TARGET_LABELS)
+    t_images, t_labels = _relabelled(train_images, train_labels, target_labels)
     pool = TensorImages(t_images, t_labels, target_classes)
-    x_test, y_test = _relabelled(test_images, test_labels, TARGET_LABELS)
+    x_test, y_test = _relabelled(test_images, test_labels, target_labels)
     target_test = TensorImages(x_test, y_test, target_classes, eval_transform)
     target_train, target_val = carve_target(pool, t_labels.numpy(), resolve_val_split(cfg, embedded=True), k,
                                             cfg.val_per_class, data_seed(cfg), (train_transform, eval_transform),

@@ -126,6 +126,13 @@ class SeededItems(Dataset):
             finally:
                 random.setstate(py_state)
 
+    def __getitems__(self, keys: list) -> list:
+        """One batch of ``(index, seed)`` keys: in one batched call when the dataset offers it
+        (``seeded_batch``, equal to loading item by item), else item by item."""
+        seeded_batch = getattr(self.dataset, "seeded_batch", None)
+        items = seeded_batch([int(i) for i, _ in keys], [int(s) for _, s in keys]) if seeded_batch else None
+        return items if items is not None else [self[key] for key in keys]
+
 
 def _worker_init(worker_id: int) -> None:
     """Seed numpy and ``random`` in a worker from torch's (deterministic) worker seed."""

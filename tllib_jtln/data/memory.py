@@ -43,6 +43,25 @@ class TensorImages(Dataset):
             image = self.transform(image)
         return image, int(self.labels[index])
 
+    def seeded_batch(self, indices: list[int], seeds: Optional[list[int]] = None) -> Optional[list]:
+        """``[(transform(image), label), ...]`` of ``indices`` in one batched call, or None when the
+        transform has no batched form (``apply_batch``) or a subclass changes :meth:`load`.
+
+        ``seeds[i]`` seeds item ``i``'s random draws (as :class:`~tllib_jtln.data.joint.SeededItems`
+        does for one item); the items equal the one-by-one path's bit for bit."""
+        apply_batch = getattr(self.transform, "apply_batch", None)
+        if apply_batch is None or type(self).load is not TensorImages.load:
+            return None
+        rows = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        images = apply_batch(self.images[rows], seeds)
+        return list(zip(images, self.labels[rows].tolist()))
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """What a ``DataLoader`` fetches for one batch: :meth:`seeded_batch` when the transform is
+        batched (evaluation passes), else item by item."""
+        items = self.seeded_batch(list(indices))
+        return items if items is not None else [self[int(i)] for i in indices]
+
     def subset(self, indices, transform: Optional[Callable] = None) -> "TensorImages":
         index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         return type(self)(self.images[index], self.labels[index], self.classes, transform)

@@ -46,6 +46,12 @@ def build_task(cfg, data_config: Optional[dict] = None) -> TransferTask:
                         "use --transforms tllib or small for this backbone")
     if is_embedded(cfg):
         return _embedded_task(cfg, data_config)
+
+    chosen = [flag for flag, value in (("--source-classes", cfg.source_classes),
+                                       ("--target-classes", cfg.target_classes), ("--invert", cfg.invert)) if value]
+    if chosen:
+        raise UserError(f"{', '.join(chosen)}: options of the embedded Fashion-MNIST task, not of -d {cfg.data}; "
+                        f"drop them (a dataset's classes come from its folders or list files)")
     name = canonical_name(cfg.data)
     builder = DATASETS.get(name)
     kind = "tllib" if cfg.transforms == "auto" else cfg.transforms
@@ -73,7 +79,7 @@ def _embedded_task(cfg, data_config: Optional[dict]) -> TransferTask:
                         "give -d/--data with --root to use another source set, or --source-data none "
                         "for its target classes alone (source-free, with a pretrained head)")
     check_tllib_options(tllib_options(cfg), "embedded (1-channel Fashion-MNIST)")
-    train_tf, eval_tf, size = embedded_transforms(cfg.transforms, cfg.image_size, data_config)
+    train_tf, eval_tf, size = embedded_transforms(cfg.transforms, cfg.image_size, data_config, cfg.invert)
     task = build_fashion_mnist_task(cfg, train_tf, eval_tf, size)
     return dataclasses.replace(task, source_train=None, source_classes=None) if no_source else task
 

@@ -156,16 +156,39 @@ def _to_float(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class GrayEval:
-    """uint8 ``(H, W)`` -> normalised float ``(1, S, S)``: ``(resize(x / 255) - mean) / std``."""
+    """uint8 ``(H, W)`` -> normalised float ``(1, S, S)``: ``(resize(x / 255) - mean) / std``.
 
-    def __init__(self, image_size: int = 28, mean: float = FASHION_MNIST_MEAN, std: float = FASHION_MNIST_STD):
-        self.image_size, self.mean, self.std = int(image_size), mean, std
+    ``invert``: ``x -> 1 - x`` first (dark objects on a light ground, as in product photos), with
+    the mean mirrored to ``1 - mean`` so that the normalised images keep zero mean.
+    """
+
+    def __init__(self, image_size: int = 28, mean: float = FASHION_MNIST_MEAN, std: float = FASHION_MNIST_STD,
+                 invert: bool = False):
+        self.image_size, self.std, self.invert = int(image_size), std, bool(invert)
+        self.mean = 1.0 - mean if invert else mean
+
+    def _grey(self, image: torch.Tensor) -> torch.Tensor:
+        x = _to_float(image, self.image_size)
+        return 1.0 - x if self.invert else x
+
+    def _grey_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, H, W)`` -> float ``(B, 1, S, S)``: :meth:`_grey` of every image in one call."""
+        x = images.to(torch.float32).div_(255.0).unsqueeze(1)
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
+                              antialias=self.image_size < images.shape[-1])
+        return 1.0 - x if self.invert else x
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        return (_to_float(image, self.image_size) - self.mean) / self.std
+        return (self._grey(image) - self.mean) / self.std
+
+    def apply_batch(self, images: torch.Tensor, seeds: Optional[list[int]] = None) -> torch.Tensor:
+        """The transform of a whole batch, uint8 ``(B, H, W)`` -> ``(B, 1, S, S)``, equal to stacking
+        ``self(image)`` per image (``seeds`` is unused: nothing is random here)."""
+        return (self._grey_batch(images) - self.mean) / self.std
 
     def __repr__(self) -> str:
-        return f"GrayEval(image_size={self.image_size})"
+        return f"{type(self).__name__}(image_size={self.image_size}{', invert=True' if self.invert else ''})"
 
 
 class GrayTrain(GrayEval):
@@ -174,26 +197,47 @@ class GrayTrain(GrayEval):
     Randomness comes from torch's global generator (the joint loader seeds it per sample).
     """
 
+    def _draw(self, generator: Optional[torch.Generator] = None) -> tuple[int, int, bool]:
+        """(top, left, flip) of one image: two ``randint(0, 2 * pad + 1)`` then one ``rand() < 0.5``."""
+        pad = max(1, self.image_size // 14)
+        top, left = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
+        return top, left, bool(torch.rand((), generator=generator) < 0.5)
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        pad = max(1, self.image_size // 14)
+        return F.pad(x, (pad, pad, pad, pad), value=1.0 if self.invert else 0.0)  # the ground's grey level
+
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        x = _to_float(image, self.image_size)
         size = self.image_size
-        pad = max(1, size // 14)
-        padded = F.pad(x, (pad, pad, pad, pad))
-        top, left, flip = torch.randint(0, 2 * pad + 1, (2,)).tolist() + [bool(torch.rand(()) < 0.5)]
+        padded = self._pad(self._grey(image))
+        top, left, flip = self._draw()
         x = padded[:, top:top + size, left:left + size]
         if flip:
             x = x.flip(-1)
         return (x - self.mean) / self.std
 
-    def __repr__(self) -> str:
-        return f"GrayTrain(image_size={self.image_size})"
+    def apply_batch(self, images: torch.Tensor, seeds: Optional[list[int]] = None) -> torch.Tensor:
+        """A whole batch, uint8 ``(B, H, W)`` -> ``(B, 1, S, S)``, equal to stacking ``self(image)``
+        per image where image ``i`` draws its crop and flip from a generator seeded with ``seeds[i]``
+        (``None``: from torch's global generator, image after image, as calling ``self`` in turn)."""
+        size = self.image_size
+        padded = self._pad(self._grey_batch(images))
+        out = torch.empty(padded.shape[0], 1, size, size, dtype=padded.dtype)
+        for i in range(padded.shape[0]):
+            generator = torch.Generator().manual_seed(int(seeds[i])) if seeds is not None else None
+            top, left, flip = self._draw(generator)
+            crop = padded[i, :, top:top + size, left:left + size]
+            out[i] = crop.flip(-1) if flip else crop
+        return (out - self.mean) / self.std
 
 
-def embedded_transforms(kind: str, image_size: Optional[int], data_config: Optional[dict] = None
-                        ) -> tuple[Callable, Callable, int]:
+
+def embedded_transforms(kind: str, image_size: Optional[int], data_config: Optional[dict] = None,
+                        invert: bool = False) -> tuple[Callable, Callable, int]:
     """Transforms for the embedded Fashion-MNIST task -> (train, eval, image_size); 1 channel.
 
-    Default size: 28 (``auto``/``small``/``tllib``), the backbone's input size (``timm``).
+    Default size: 28 (``auto``/``small``/``tllib``), the backbone's input size (``timm``);
+    ``invert``: grey levels inverted (``--invert``).
     """
     if kind not in ("auto", "small", "tllib", "timm"):
         raise UserError(f"--transforms: unknown choice '{kind}' (auto, tllib, timm, small)")
@@ -203,4 +247,4 @@ def embedded_transforms(kind: str, image_size: Optional[int], data_config: Optio
     size = int(size or 28)
     if size < 8:
         raise UserError(f"--image-size {size} is too small (at least 8)")
-    return GrayTrain(size), GrayEval(size), size
+    return GrayTrain(size, invert=invert), GrayEval(size, invert=invert), size
