@@ -101,6 +101,11 @@ def test_accuracy_vs_k_picture_and_switches_caption(suite, tmp_path):
     for record in records:
         record["switches"] = {"ot_reg": "kl", "ot_on": "target"} if record["row"] == "jtln" else {}
     table = render_switches(suite, records)
-    assert "| jtln | ot_on=target; ot_reg=kl |" in table and "| erm | (none) |" in table
+    assert "Shared by every row with switches: ot_on=target; ot_reg=kl." in table
+    assert "| jtln | (shared only) |" in table and "| erm | (none) |" in table
+    records[-1]["switches"] = {"ot_reg": "entropy", "ot_on": "target"}  # one jtln run differs: ot_on is shared
+    table = render_switches(suite, records)
+    assert "Shared by every row with switches: ot_on=target." in table
+    assert "| jtln | ot_reg=entropy / ot_reg=kl |" in table
     one_k = dict(suite, settings={"K5": {"num_samples_per_class": 5}})
     assert plot_accuracy_vs_k(one_k, records, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()

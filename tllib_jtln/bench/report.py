@@ -158,6 +158,7 @@ def plot_accuracy_vs_k(suite: dict, records: list[dict], path: Path, metric: str
         plt.close(fig)
         return None
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(sorted(set(ks.values())))
     ax.set_xticklabels([str(k) for k in sorted(set(ks.values()))])
     ax.set_xlabel("K (labelled target images per class)")
@@ -173,12 +174,20 @@ def plot_accuracy_vs_k(suite: dict, records: list[dict], path: Path, metric: str
 
 
 def render_switches(suite: dict, records: list[dict]) -> str:
-    """Each row's resolved switches, as its runs' ``summary.json`` recorded them (``switches``)."""
-    lines = ["| method | switches |", "|---|---|"]
+    """Each row's resolved switches as its runs' ``summary.json`` recorded them (``switches``): the
+    values every row with switches shares on one line, then what each row sets differently."""
+    by_row = {}
     for row in suite["methods"]:
-        seen = {json.dumps(r.get("switches") or {}, sort_keys=True) for r in records
-                if r["row"] == row and r["finished"]}
-        cells = ["; ".join(f"{k}={v}" for k, v in sorted(json.loads(x).items())) or "(none)" for x in sorted(seen)]
+        seen = {json.dumps(r.get("switches") or {}, sort_keys=True) for r in records if r["row"] == row and r["finished"]}
+        by_row[row] = [json.loads(x) for x in sorted(seen)]
+    with_switches = [d for runs in by_row.values() for d in runs if d]
+    shared = {k: v for k, v in with_switches[0].items() if all(d.get(k, object()) == v for d in with_switches)} \
+        if with_switches else {}
+    lines = ["Shared by every row with switches: " + ("; ".join(f"{k}={v}" for k, v in sorted(shared.items()))
+                                                    or "(none)") + ".", "", "| method | its own switches |", "|---|---|"]
+    for row, runs in by_row.items():
+        cells = ["; ".join(f"{k}={v}" for k, v in sorted(d.items()) if k not in shared) or ("(shared only)" if d else "(none)")
+                 for d in runs]
         lines.append(f"| {row} | " + (" / ".join(cells) or "-") + " |")
     return "\n".join(lines)
 
