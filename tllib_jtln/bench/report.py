@@ -133,7 +133,8 @@ def plot_accuracy_vs_k(suite: dict, records: list[dict], path: Path, metric: str
     """Target test top-1 (%) against K, one line per method row, error bars = std over seeds.
 
     Written when at least two settings differ in K; a row's point is drawn where it has a finished
-    seed. Returns the path, or None when there is nothing to draw."""
+    seed, labelled ``n/N`` when only n of the N seeds finished. Returns the path, or None when there
+    is nothing to draw."""
     ks = k_of_settings(suite)
     if len(set(ks.values())) < 2:
         return None
@@ -146,13 +147,18 @@ def plot_accuracy_vs_k(suite: dict, records: list[dict], path: Path, metric: str
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     drawn = 0
     for index, row in enumerate(suite["methods"]):
-        points = [(ks[s], *mean_std(list(_values(records, row, s, metric).values())))
-                  for s in order if _values(records, row, s, metric)]
+        points = [(ks[s], *mean_std(list(values.values())), len(values))
+                  for s in order if (values := _values(records, row, s, metric))]
         if not points:
             continue
-        x, mean, std = zip(*points)
+        x, mean, std, seeds = zip(*points)
         shift = (index - len(suite["methods"]) / 2) * 0.015  # side by side, so error bars do not hide each other
-        ax.errorbar([k * (1 + shift) for k in x], mean, yerr=std, marker="o", capsize=3, label=row)
+        xs = [k * (1 + shift) for k in x]
+        ax.errorbar(xs, mean, yerr=std, marker="o", capsize=3, label=row)
+        for xi, yi, n in zip(xs, mean, seeds):
+            if n < len(suite["seeds"]):  # a cell with missing seeds says how many it has, as the tables do
+                ax.annotate(f"{n}/{len(suite['seeds'])}", (xi, yi), textcoords="offset points", xytext=(4, -10),
+                            fontsize=7)
         drawn += 1
     if not drawn:
         plt.close(fig)
