@@ -107,5 +107,7 @@ def test_accuracy_vs_k_picture_and_switches_caption(suite, tmp_path):
     table = render_switches(suite, records)
     assert "Shared by every row with switches: ot_on=target." in table
     assert "| jtln | ot_reg=entropy / ot_reg=kl |" in table
+    only_k5 = [r for r in records if r["setting"] == "K5"]  # K1 declared but not run: nothing to draw
+    assert plot_accuracy_vs_k(suite, only_k5, tmp_path / "k5.png") is None
     one_k = dict(suite, settings={"K5": {"num_samples_per_class": 5}})
     assert plot_accuracy_vs_k(one_k, records, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()

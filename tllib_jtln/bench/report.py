@@ -132,10 +132,11 @@ def k_of_settings(suite: dict) -> dict[str, int]:
 def plot_accuracy_vs_k(suite: dict, records: list[dict], path: Path, metric: str = "test_top1") -> Path | None:
     """Target test top-1 (%) against K, one line per method row, error bars = std over seeds.
 
-    Written when at least two settings differ in K; a row's point is drawn where it has a finished
+    Written when at least two settings with finished runs differ in K; a row's point is drawn where it has a finished
     seed, labelled ``n/N`` when only n of the N seeds finished. Returns the path, or None when there
     is nothing to draw."""
-    ks = k_of_settings(suite)
+    ks = {s: k for s, k in k_of_settings(suite).items()
+          if any(_values(records, row, s, metric) for row in suite["methods"])}  # settings with a finished run
     if len(set(ks.values())) < 2:
         return None
     import matplotlib
