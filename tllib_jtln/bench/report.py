@@ -132,8 +132,8 @@ def k_of_settings(suite: dict) -> dict[str, int]:
 def plot_accuracy_vs_k(suite: dict, records: list[dict], path: Path, metric: str = "test_top1") -> Path | None:
     """Target test top-1 (%) against K, one line per method row, error bars = std over seeds.
 
-    Written when at least two settings with finished runs differ in K; a row's point is drawn where it has a finished
-    seed, labelled ``n/N`` when only n of the N seeds finished. Returns the path, or None when there
+    Written when at least two settings with finished runs differ in K; a row's point is drawn where
+    it has a finished seed, labelled ``n/N`` when only n of the N seeds finished. Returns the path, or None when there
     is nothing to draw."""
     ks = {s: k for s, k in k_of_settings(suite).items()
           if any(_values(records, row, s, metric) for row in suite["methods"])}  # settings with a finished run
@@ -146,7 +146,6 @@ def plot_accuracy_vs_k(suite: dict, records: list[dict], path: Path, metric: str
 
     order = sorted(ks, key=ks.get)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    drawn = 0
     for index, row in enumerate(suite["methods"]):
         points = [(ks[s], *mean_std(list(values.values())), len(values))
                   for s in order if (values := _values(records, row, s, metric))]
@@ -160,10 +159,6 @@ def plot_accuracy_vs_k(suite: dict, records: list[dict], path: Path, metric: str
             if n < len(suite["seeds"]):  # a cell with missing seeds says how many it has, as the tables do
                 ax.annotate(f"{n}/{len(suite['seeds'])}", (xi, yi), textcoords="offset points", xytext=(4, -10),
                             fontsize=7)
-        drawn += 1
-    if not drawn:
-        plt.close(fig)
-        return None
     ax.set_xscale("log")
     ax.minorticks_off()
     ax.set_xticks(sorted(set(ks.values())))

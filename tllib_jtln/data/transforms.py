@@ -146,15 +146,6 @@ def build_transforms(kind: str, image_size: Optional[int], data_config: Optional
 
 
 # --------------------------------------------------------------------- embedded (uint8 tensors)
-def _to_float(image: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (H, W) -> float (1, size, size) in [0, 1]; bilinear resize when size differs."""
-    x = image.to(torch.float32).div_(255.0).unsqueeze(0)
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x.unsqueeze(0), size=(size, size), mode="bilinear", align_corners=False,
-                          antialias=size < image.shape[-1]).squeeze(0)
-    return x
-
-
 class GrayEval:
     """uint8 ``(H, W)`` -> normalised float ``(1, S, S)``: ``(resize(x / 255) - mean) / std``.
 
@@ -167,17 +158,18 @@ class GrayEval:
         self.image_size, self.std, self.invert = int(image_size), std, bool(invert)
         self.mean = 1.0 - mean if invert else mean
 
-    def _grey(self, image: torch.Tensor) -> torch.Tensor:
-        x = _to_float(image, self.image_size)
-        return 1.0 - x if self.invert else x
-
     def _grey_batch(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(B, H, W)`` -> float ``(B, 1, S, S)``: :meth:`_grey` of every image in one call."""
+        """uint8 ``(B, H, W)`` -> float ``(B, 1, S, S)`` in [0, 1]: ``x / 255``, bilinearly resized when
+        the size differs (antialiased when shrinking), then inverted with ``invert``."""
         x = images.to(torch.float32).div_(255.0).unsqueeze(1)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
                               antialias=self.image_size < images.shape[-1])
         return 1.0 - x if self.invert else x
+
+    def _grey(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(H, W)`` -> float ``(1, S, S)``: :meth:`_grey_batch` of a batch of one."""
+        return self._grey_batch(image.unsqueeze(0))[0]
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         return (self._grey(image) - self.mean) / self.std
@@ -197,14 +189,18 @@ class GrayTrain(GrayEval):
     Randomness comes from torch's global generator (the joint loader seeds it per sample).
     """
 
+    @property
+    def padding(self) -> int:
+        """Zero-padding (pixels per side) before the random crop: ``S // 14``, at least 1."""
+        return max(1, self.image_size // 14)
+
     def _draw(self, generator: Optional[torch.Generator] = None) -> tuple[int, int, bool]:
         """(top, left, flip) of one image: two ``randint(0, 2 * pad + 1)`` then one ``rand() < 0.5``."""
-        pad = max(1, self.image_size // 14)
-        top, left = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
+        top, left = torch.randint(0, 2 * self.padding + 1, (2,), generator=generator).tolist()
         return top, left, bool(torch.rand((), generator=generator) < 0.5)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        pad = max(1, self.image_size // 14)
+        pad = self.padding
         return F.pad(x, (pad, pad, pad, pad), value=1.0 if self.invert else 0.0)  # the ground's grey level
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
@@ -229,7 +225,6 @@ class GrayTrain(GrayEval):
             crop = padded[i, :, top:top + size, left:left + size]
             out[i] = crop.flip(-1) if flip else crop
         return (out - self.mean) / self.std
-
 
 
 def embedded_transforms(kind: str, image_size: Optional[int], data_config: Optional[dict] = None,
