@@ -1,7 +1,10 @@
 """The suite runner's bookkeeping: suite validation, run expansion, resumability, tables."""
 import json
+import subprocess
+from unittest import mock
 
 import pytest
+import yaml
 
 from tllib_jtln.bench.report import (collect_results, k_of_settings, mean_std, plot_accuracy_vs_k, render_pairs,
                                      render_switches, render_table, write_report)
@@ -82,6 +85,24 @@ def test_missing_seeds_are_marked_and_finished_runs_are_skipped(suite, tmp_path)
     assert run_one(run, tmp_path)[0] == "skipped"
     records = collect_results(suite, expand_runs(suite), tmp_path)
     assert "90.0 ± 0.0 (1/3)" in render_table(suite, records, "test_top1")
+
+
+def test_a_run_whose_recipe_changed_is_set_aside_and_redone(suite, tmp_path):
+    run = expand_runs(suite)[0]
+    folder = tmp_path / run.name
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"test_top1": 0.9}))
+    (folder / "suite_recipe.yaml").write_text(yaml.safe_dump({**run.settings, "seed": run.seed}))
+    assert run_one(run, tmp_path)[0] == "skipped"  # same recipe: kept
+    (folder / "suite_recipe.yaml").write_text(yaml.safe_dump({**run.settings, "seed": run.seed, "lr": 9.0}))
+    stale = tmp_path.parent / f"{tmp_path.name}.stale"
+    with mock.patch("tllib_jtln.bench.suite.subprocess.run") as train:
+        train.return_value = subprocess.CompletedProcess([], 0, "", "")
+        assert run_one(run, tmp_path)[0] == "done"
+    moved = list(stale.glob(f"*/{run.name}/summary.json"))
+    assert len(moved) == 1 and json.loads(moved[0].read_text())["test_top1"] == 0.9
+    assert yaml.safe_load((folder / "suite_recipe.yaml").read_text()) == {**run.settings, "seed": run.seed}
+    assert not (folder / "summary.json").exists()
 
 
 def test_mean_std_in_percent():

@@ -19,7 +19,9 @@ Run ``r`` = (method row, setting column, seed) writes ``out/<setting>/<row>/seed
 setting names are folder names: no ``/`` and no ``..``). Every run's settings are checked as
 ``train`` checks them before the first run starts (and by ``--dry-run``); ``overwrite`` and
 ``resume`` are refused in a suite file, as in any ``--config`` file. A run
-whose ``summary.json`` exists is not redone; one with a checkpoint but no summary is resumed.
+whose ``summary.json`` exists is not redone; one with a checkpoint but no summary is resumed; one
+whose recorded recipe (``suite_recipe.yaml``) differs from the suite file's is moved aside to
+``<out>.stale/`` and redone.
 Each run is a separate ``python -m tllib_jtln train`` process, so one failing run is reported and
 the others go on. At the end ``results_<name>.json`` (every run's numbers) and ``results_<name>.md`` (mean +-
 std over seeds) are written; see :mod:`tllib_jtln.bench.report`.
@@ -120,16 +122,30 @@ def expand_runs(suite: dict) -> list[SuiteRun]:
     return runs
 
 
+def set_aside(log_dir: Path, out: Path, name: str) -> Path:
+    """Move a run folder whose recipe the suite file no longer asks for to
+    ``<out>.stale/<UTC time>/<name>`` (kept, not deleted; the run is then redone)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    target = out.parent / f"{out.name}.stale" / stamp / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log_dir.rename(target)
+    print(f"{name}: its recipe changed in the suite file; the old run moved to {target}", flush=True)
+    return target
+
+
 def run_one(run: SuiteRun, out: Path, threads: int | None = None) -> tuple[str, float]:
     """Train one run in its own process; returns its status ('done', 'skipped', 'failed: ...').
 
     ``threads``: intra-op threads of that process (OMP_NUM_THREADS), for parallel runs."""
     log_dir = out / run.name
+    wanted = {**run.settings, "seed": run.seed}
+    recipe = log_dir / "suite_recipe.yaml"
+    if recipe.is_file() and yaml.safe_load(recipe.read_text()) != wanted:
+        set_aside(log_dir, out, run.name)
     if (log_dir / "summary.json").is_file():
         return "skipped", 0.0
     log_dir.mkdir(parents=True, exist_ok=True)
-    recipe = log_dir / "suite_recipe.yaml"
-    recipe.write_text(yaml.safe_dump({**run.settings, "seed": run.seed}, sort_keys=True))
+    recipe.write_text(yaml.safe_dump(wanted, sort_keys=True))
     cmd = [sys.executable, "-m", "tllib_jtln", "train", "--config", str(recipe), "--log", str(log_dir),
            "--no-progress"]
     if (log_dir / "checkpoints" / "last.pt").is_file():
