@@ -75,6 +75,8 @@ def test_tables_show_mean_and_sample_std_and_paired_wins(suite, tmp_path):
     md = write_report(suite, records, tmp_path, "suite.yaml").read_text()
     assert "Runs finished: 12/12" in md and "test mean-class acc" in md
     assert "| erm | 40.0 ± 10.0 | 40.0 ± 10.0 |" in md  # the validation table (1 - top1)
+    val_pairs = md.split("paired differences, validation top-1")[1]
+    assert "-6.7 ± 5.8 (0/3 wins)" in val_pairs  # validation = 1 - test here, so the signs flip
 
 
 def test_missing_seeds_are_marked_and_finished_runs_are_skipped(suite, tmp_path):

@@ -217,7 +217,9 @@ def write_report(suite: dict, records: list[dict], out_dir: Path, suite_file: st
               "\n**switches of each row (resolved, from summary.json)**\n", render_switches(suite, records)]
     pairs = render_pairs(suite, records)
     if pairs:
-        parts += ["\n**paired differences, test top-1 (points, same seeds)**\n", pairs]
+        parts += ["\n**paired differences, test top-1 (points, same seeds)**\n", pairs,
+                  "\n**paired differences, validation top-1 (points, same seeds; what switches are chosen on)**\n",
+                  render_pairs(suite, records, "val_top1")]
     picture = plot_accuracy_vs_k(suite, records, out_dir / f"accuracy_vs_k_{suite['name']}.png")
     if picture is not None:
         parts += [f"\n![test top-1 against K]({picture.name})"]
