@@ -122,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     step_rows = list(parts.items())
     step_rows.append(("loop overhead (the rest)", training - sum(s for _, s in step_rows if s is not None)))
 
-    print(f"\n{cfg.method}, -a {cfg.arch}, {cfg.image_size} px, {cfg.source_batch_size or cfg.batch_size} source + "
-          f"{cfg.batch_size} target images, {cfg.epochs} epochs x {cfg.iters_per_epoch} steps, under cProfile\n")
+    source = "no source images" if str(cfg.source_data).lower() == "none" else f"{cfg.source_batch_size or cfg.batch_size} source"
+    print(f"\n{cfg.method}, -a {cfg.arch}, {cfg.image_size} px, {source} + {cfg.batch_size} target images per step, "
+          f"{cfg.epochs} epochs x {cfg.iters_per_epoch} steps, under cProfile\n")
     print(table("run phase", run_rows, wall))
     print(f"\ntest pass: {test_images} images in {test_seconds:.2f} s = {test_images / test_seconds:.0f} images/s "
           f"(under cProfile); validation: {(validation or 0) / max(cfg.epochs, 1):.2f} s per epoch against "

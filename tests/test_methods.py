@@ -212,6 +212,22 @@ def test_jtln_cost_refresh_rebuilds_from_fresh_features():
     assert not torch.equal(first, method.cost)
 
 
+def test_jtln_source_head_cost_of_a_new_head_is_uniform_until_the_first_refresh():
+    with pytest.raises(UserError, match="--cost-refresh"):
+        method = build_method(make_cfg("jtln", cost="source-head"), make_task())
+        model = make_model()
+        run_setup(method, model, make_ctx(model))
+    method = build_method(make_cfg("jtln", cost="source-head", cost_refresh=1), make_task())
+    model = make_model()
+    ctx = make_ctx(model)
+    run_setup(method, model, ctx)
+    assert torch.equal(method.cost, torch.ones(KS, KT))  # nothing learned yet: no relation
+    with torch.no_grad():
+        model.source_head.bias.copy_(torch.arange(KS, dtype=torch.float32))  # the head now prefers class 4
+    method.on_epoch_start(1, ctx)
+    assert method.cost.shape == (KS, KT) and method.cost[KS - 1].max() < method.cost[0].min()
+
+
 def test_co_tuning_relation():
     probs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
     relation = category_relation(probs, torch.tensor([0, 0, 2]), 3)

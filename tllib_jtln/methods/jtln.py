@@ -22,7 +22,9 @@ Switches (``Config``):
 - ``ot_reg`` (``entropy`` or ``kl``, see :class:`~tllib_jtln.ot.WassersteinLoss`), ``ot_weight``
   (alpha), ``ot_eps``, ``ot_iters``, ``ot_tol``, ``ot_smooth``; ``cost``, ``cost_normalize`` and
   the other ``cost_*`` options; ``cost_refresh`` (rebuild ``M`` from the current features every N
-  epochs).
+  epochs). ``cost=source-head`` with a NEW source head (source data whose classes are not the
+  pretraining classes) needs ``cost_refresh``: ``M`` is uniform until the first refresh, then the
+  relation of the head trained so far (Co-Tuning's relation, learned jointly).
 
 Source-free: without source data (``task.source_train is None``) and a pretrained source head
 (e.g. ImageNet), the source cross-entropy is absent, the OT term uses target images only and the
@@ -102,16 +104,23 @@ class JTLN(Method):
             source_features, source_labels = head_prototypes(model)
         else:
             source_features, source_labels = ctx.features("source", refresh=refresh)
-        # the source-head relation means something only for a pretrained (or already trained) head
+        # the source-head relation means something only for a pretrained (or already trained) head:
+        # a new head's relation is learned, so M is constant (uniform) until the first refresh
         base = self.cfg.cost_base if self.cfg.cost == "shuffled" else self.cfg.cost
-        probs = None
+        name, probs = self.cfg.cost, None
         if base == "source-head" and (model.source_head_pretrained or refresh):
             probs = source_head_probs(model, target_features, ctx.device)
+        elif base == "source-head":
+            if self.cfg.cost_refresh < 1:
+                raise UserError(f"--cost {self.cfg.cost}: the source head is new (trained from scratch here), so its "
+                                "relation to the target classes exists only after training; add --cost-refresh N "
+                                "(a uniform cost until epoch N) or use --cost knn")
+            name = "uniform"
         options = dict(cost_options(self.cfg))
         options.update(num_source_classes=model.num_source_classes, num_target_classes=model.num_target_classes,
                        source_classes=ctx.source_classes or model.source_classes,
                        target_classes=ctx.target_classes, source_probs=probs)
-        cost = build_cost(self.cfg.cost, source_features, source_labels, target_features, target_labels, **options)
+        cost = build_cost(name, source_features, source_labels, target_features, target_labels, **options)
         expected = (model.num_source_classes, model.num_target_classes)
         if tuple(cost.shape) != expected:
             raise UserError(f"--cost {self.cfg.cost}: matrix of shape {tuple(cost.shape)}, expected {expected} "
