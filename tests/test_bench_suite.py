@@ -8,7 +8,7 @@ import yaml
 
 from tllib_jtln.bench.report import (collect_results, k_of_settings, mean_std, plot_accuracy_vs_k, render_pairs,
                                      render_switches, render_table, write_report)
-from tllib_jtln.bench.suite import expand_runs, load_suite, run_one
+from tllib_jtln.bench.suite import expand_runs, load_suite, run_one, select_runs
 from tllib_jtln.errors import UserError
 
 SUITE = """
@@ -105,6 +105,13 @@ def test_a_run_whose_recipe_changed_is_set_aside_and_redone(suite, tmp_path):
     assert len(moved) == 1 and json.loads(moved[0].read_text())["test_top1"] == 0.9
     assert yaml.safe_load((folder / "suite_recipe.yaml").read_text()) == {**run.settings, "seed": run.seed}
     assert not (folder / "summary.json").exists()
+
+
+def test_only_takes_comma_separated_patterns(suite):
+    runs = expand_runs(suite)
+    names = [r.name for r in select_runs(runs, "K1/erm/*, */jtln/seed0")]
+    assert names == ["K1/erm/seed0", "K1/erm/seed1", "K1/erm/seed2", "K1/jtln/seed0", "K5/jtln/seed0"]
+    assert select_runs(runs, "K9/*") == []
 
 
 def test_mean_std_in_percent():

@@ -134,7 +134,9 @@ def build_parser() -> OneLineParser:
     bench = sub.add_parser("bench", help="run an accuracy suite: methods x settings x seeds")
     bench.add_argument("--suite", required=True, help="suite YAML, e.g. configs/suite/fashion_mnist.yaml")
     bench.add_argument("--out", default=None, help="output folder (default: from the suite file)")
-    bench.add_argument("--only", default=None, help="run only runs whose name matches this shell pattern")
+    bench.add_argument("--only", default=None,
+                       help="run only runs whose name (SETTING/ROW/seedN) matches one of these comma-separated "
+                            "shell patterns, e.g. 'K2/erm/*,K2/jtln*/*'")
     bench.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     bench.add_argument("--jobs", type=int, default=1, help="runs side by side (each gets cores/jobs threads)")
     bench.set_defaults(func=cmd_bench)

@@ -163,6 +163,13 @@ def run_one(run: SuiteRun, out: Path, threads: int | None = None) -> tuple[str, 
     return "done", seconds
 
 
+def select_runs(runs: list[SuiteRun], only: str) -> list[SuiteRun]:
+    """The runs whose name (``<setting>/<row>/seed<k>``) matches one of the comma-separated shell
+    patterns of ``only`` (``fnmatch``), in the suite's order."""
+    patterns = [p.strip() for p in only.split(",") if p.strip()]
+    return [r for r in runs if any(fnmatch.fnmatch(r.name, p) for p in patterns)]
+
+
 def run_suite(path: str, out: str | None = None, dry_run: bool = False, only: str | None = None,
               jobs: int = 1) -> int:
     """``tllib-jtln bench --suite FILE``: run what is not finished, then write the tables.
@@ -172,7 +179,7 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, only: st
     out_dir = Path(out or suite["out"])
     runs = expand_runs(suite)
     if only:
-        runs = [r for r in runs if fnmatch.fnmatch(r.name, only)]
+        runs = select_runs(runs, only)
     check_runs(runs, path, out_dir)
     if dry_run:
         for run in runs:
