@@ -1,6 +1,7 @@
 """The suite runner's bookkeeping: suite validation, run expansion, resumability, tables."""
 import json
 import subprocess
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -141,3 +142,20 @@ def test_accuracy_vs_k_picture_and_switches_caption(suite, tmp_path):
     assert plot_accuracy_vs_k(suite, only_k5, tmp_path / "k5.png") is None
     one_k = dict(suite, settings={"K5": {"num_samples_per_class": 5}})
     assert plot_accuracy_vs_k(one_k, records, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
+def test_suites_sharing_a_run_folder_ask_the_same_recipe_of_each_shared_run():
+    """Suites writing to one ``out`` must agree on every run they share, or each would set the
+    other's finished runs aside as stale."""
+    by_out: dict = {}
+    for path in sorted(Path(__file__).parent.parent.glob("configs/suite/*.yaml")):
+        suite = load_suite(str(path))
+        by_out.setdefault(suite["out"], []).append((path.name, {r.name: r.settings for r in expand_runs(suite)}))
+    shared = 0
+    for suites in by_out.values():
+        for i, (name_a, runs_a) in enumerate(suites):
+            for name_b, runs_b in suites[i + 1:]:
+                for run in runs_a.keys() & runs_b.keys():
+                    shared += 1
+                    assert runs_a[run] == runs_b[run], f"{name_a} and {name_b} disagree on {run}"
+    assert shared > 0
