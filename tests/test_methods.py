@@ -226,6 +226,13 @@ def test_jtln_source_head_cost_of_a_new_head_is_uniform_until_the_first_refresh(
         model.source_head.bias.copy_(torch.arange(KS, dtype=torch.float32))  # the head now prefers class 4
     method.on_epoch_start(1, ctx)
     assert method.cost.shape == (KS, KT) and method.cost[KS - 1].max() < method.cost[0].min()
+    learned = method.cost.clone()
+    control = build_method(make_cfg("jtln", cost="shuffled", cost_base="source-head", cost_refresh=1), make_task())
+    run_setup(control, model, ctx)
+    assert torch.equal(control.cost, torch.ones(KS, KT))
+    control.on_epoch_start(1, ctx)  # the same relation, its source rows permuted
+    assert not torch.equal(control.cost, learned)
+    assert torch.equal(control.cost.sort(0).values, learned.sort(0).values)
 
 
 def test_co_tuning_relation():
