@@ -221,7 +221,7 @@ def test_jtln_source_head_cost_of_a_new_head_is_uniform_until_the_first_refresh(
     model = make_model()
     ctx = make_ctx(model)
     run_setup(method, model, ctx)
-    assert torch.equal(method.cost, torch.ones(KS, KT))  # nothing learned yet: no relation
+    assert torch.equal(method.cost, torch.ones(KS, KT)) and ctx.calls == []  # nothing learned yet: no relation
     with torch.no_grad():
         model.source_head.bias.copy_(torch.arange(KS, dtype=torch.float32))  # the head now prefers class 4
     method.on_epoch_start(1, ctx)

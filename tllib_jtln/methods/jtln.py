@@ -99,28 +99,27 @@ class JTLN(Method):
     def build_cost(self, ctx: SetupContext, refresh: bool = False) -> Tensor:
         """``M`` (Ks, Kt) on ``ctx.device`` from the current features of the training images."""
         model = ctx.model
+        # the source-head relation means something only for a pretrained (or already trained) head:
+        # a new head's relation is learned, so M is constant (uniform, no features needed) until the
+        # first refresh
+        base = self.cfg.cost_base if self.cfg.cost == "shuffled" else self.cfg.cost
+        if base == "source-head" and not (model.source_head_pretrained or refresh):
+            if self.cfg.cost_refresh < 1:
+                raise UserError(f"--cost {self.cfg.cost}: the source head is new (trained from scratch here), so its "
+                                "relation to the target classes exists only after training; add --cost-refresh N "
+                                "(a uniform cost until epoch N) or use --cost knn")
+            return torch.ones(model.num_source_classes, model.num_target_classes, device=ctx.device)
         target_features, target_labels = ctx.features("target", refresh=refresh)
         if self.source_free:
             source_features, source_labels = head_prototypes(model)
         else:
             source_features, source_labels = ctx.features("source", refresh=refresh)
-        # the source-head relation means something only for a pretrained (or already trained) head:
-        # a new head's relation is learned, so M is constant (uniform) until the first refresh
-        base = self.cfg.cost_base if self.cfg.cost == "shuffled" else self.cfg.cost
-        name, probs = self.cfg.cost, None
-        if base == "source-head" and (model.source_head_pretrained or refresh):
-            probs = source_head_probs(model, target_features, ctx.device)
-        elif base == "source-head":
-            if self.cfg.cost_refresh < 1:
-                raise UserError(f"--cost {self.cfg.cost}: the source head is new (trained from scratch here), so its "
-                                "relation to the target classes exists only after training; add --cost-refresh N "
-                                "(a uniform cost until epoch N) or use --cost knn")
-            name = "uniform"
+        probs = source_head_probs(model, target_features, ctx.device) if base == "source-head" else None
         options = dict(cost_options(self.cfg))
         options.update(num_source_classes=model.num_source_classes, num_target_classes=model.num_target_classes,
                        source_classes=ctx.source_classes or model.source_classes,
                        target_classes=ctx.target_classes, source_probs=probs)
-        cost = build_cost(name, source_features, source_labels, target_features, target_labels, **options)
+        cost = build_cost(self.cfg.cost, source_features, source_labels, target_features, target_labels, **options)
         expected = (model.num_source_classes, model.num_target_classes)
         if tuple(cost.shape) != expected:
             raise UserError(f"--cost {self.cfg.cost}: matrix of shape {tuple(cost.shape)}, expected {expected} "
