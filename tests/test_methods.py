@@ -235,6 +235,36 @@ def test_jtln_source_head_cost_of_a_new_head_is_uniform_until_the_first_refresh(
     assert torch.equal(control.cost.sort(0).values, learned.sort(0).values)
 
 
+def test_jtln_source_stage_trains_the_source_head_first_then_builds_the_cost_from_it():
+    for kw, message in (({"ot_on": "both"}, "--ot-on both with --source-stage"), ({}, "--source-stage needs source")):
+        with pytest.raises(UserError, match=message):
+            build_method(make_cfg("jtln", source_stage=True, **kw), make_task(source="ot_on" in kw))
+    # the source head is new: its relation exists only after the source stage, which builds it
+    method = build_method(make_cfg("jtln", source_stage=True, cost="source-head", cost_refresh=1), make_task())
+    stages = method.stages()
+    assert [(s.uses_source, s.uses_target, s.selects) for s in stages] == [(True, False, False), (False, True, True)]
+    model = make_model()
+    ctx = make_ctx(model)
+    run_setup(method, model, ctx)
+    method.on_stage_start(0, ctx)
+    method.on_epoch_start(1, ctx)  # a refresh epoch of the source stage: no M there
+    assert method.cost is None and ctx.calls == []
+    terms = method.losses(model, make_batch(), 0.0)
+    assert set(terms) == {"ce_source"}
+    terms["ce_source"].backward()
+    assert model.target_head.weight.grad is None
+    with torch.no_grad():
+        model.source_head.bias.copy_(torch.arange(KS, dtype=torch.float32))  # what the stage taught the head
+    method.on_stage_start(1, ctx)
+    calls = list(ctx.calls)
+    assert "target" in calls and method.cost[KS - 1].max() < method.cost[0].min()
+    assert set(method.losses(model, make_batch(source=False), 0.5)) == {"ce_target", "ot"}
+    resumed = build_method(make_cfg("jtln", source_stage=True, cost="source-head", cost_refresh=1), make_task())
+    resumed.load_state_dict(method.state_dict())
+    resumed.on_stage_start(1, ctx)  # a resume inside the JTLN stage keeps the checkpoint's M
+    assert torch.equal(resumed.cost, method.cost) and ctx.calls == calls
+
+
 def test_co_tuning_relation():
     probs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
     relation = category_relation(probs, torch.tensor([0, 0, 2]), 3)

@@ -77,6 +77,11 @@ def test_trade_off_is_jtln_ot_weight_and_refused_where_ignored():
     with pytest.raises(UserError, match="--method co_tuning ignores it"):
         resolve_config({"method": "co_tuning", "source_head_lr": 0.1, "source_data": "none"})
     assert resolve_config({"method": "jtln", "source_head_lr": 0.1, "source_data": "none"}).source_head_lr == 0.1
+    with pytest.raises(UserError, match="--source-stage is a jtln switch .* --method consecutive"):
+        resolve_config({"method": "consecutive", "source_stage": True})
+    with pytest.raises(UserError, match="--source-stage is a jtln switch .* without source data"):
+        resolve_config({"method": "jtln", "source_stage": True, "source_data": "none"})
+    assert resolve_config({"method": "jtln", "source_stage": True}).source_stage  # the embedded task's source
 
 
 def test_tllib_transforms_follow_tllib_meanings():

@@ -149,6 +149,8 @@ class Config:
     cost_nprobe: Optional[int] = _opt(None, "knn with --cost-index ivf: lists visited per query (default ~sqrt(nlist))")
     cost_metric: str = _opt("cosine", "centroid: distance", choices=("cosine", "euclidean"))
     cost_refresh: int = _opt(0, "rebuild the cost from current features every N epochs (0: never)")
+    source_stage: bool = _opt(False, "jtln with source data (beyond the paper): a source stage first (as "
+                                     "consecutive's), then JTLN on the target images with M built after it")
     cost_seed: int = _opt(0, "shuffled: permutation seed")
     semantic_file: Optional[str] = _opt(None, "semantic: class-name embeddings (.json or .csv)")
     cost_normalize: str = _opt("global", "global: max(M) = 1; column: every target column onto [0, 1] "

@@ -25,6 +25,12 @@ Switches (``Config``):
   epochs). ``cost=source-head`` with a NEW source head (source data whose classes are not the
   pretraining classes) needs ``cost_refresh``: ``M`` is uniform until the first refresh, then the
   relation of the head trained so far (Co-Tuning's relation, learned jointly).
+- ``source_stage`` (beyond the paper, with source data): two stages as ``co_tuning``'s, each with
+  the full schedule. Stage 1 trains on the source set alone, :math:`L = \mathrm{CE}(h_s(g(x_s)), y_s)`
+  (as many source images as ``joint``); then ``M`` is built from the trunk and source head it
+  trained (``knn``: its features; ``source-head``: its relation), and stage 2 sees the target
+  images only (as many as ``erm``): :math:`L = \mathrm{CE}(h_t(g(x_t)), y_t) + \alpha\,
+  \mathrm{mean}_{x_t} W_\varepsilon(p(x_t), q(x_t); M)`. Needs ``ot_on=target``.
 
 Source-free: without source data (``task.source_train is None``) and a pretrained source head
 (e.g. ImageNet), the source cross-entropy is absent, the OT term uses target images only and the
@@ -46,16 +52,20 @@ from torch import Tensor
 from ..cost import build_cost, cost_options
 from ..errors import UserError
 from ..regularization import JTLNLoss
-from .base import Method, SetupContext, cross_entropy, forward_joint, register_method, source_head_probs
+from .base import Method, SetupContext, Stage, cross_entropy, forward_joint, register_method, source_head_probs
 
 #: below this share of converged Sinkhorn problems in an epoch, the user is warned (once)
 CONVERGED_SHARE = 0.99
 
 
-def check_ot_on(ot_on: str, has_source_data: bool) -> str:
-    """``ot_on`` itself; ``source`` and ``both`` need source images."""
+def check_ot_on(ot_on: str, has_source_data: bool, source_stage: bool = False) -> str:
+    """``ot_on`` itself; ``source`` and ``both`` need source images (and none reach the stage after
+    ``--source-stage``)."""
     if not has_source_data and ot_on != "target":
         raise UserError(f"--ot-on {ot_on} needs source data; without --source-data use --ot-on target")
+    if source_stage and ot_on != "target":
+        raise UserError(f"--ot-on {ot_on} with --source-stage: the JTLN stage after the source stage sees target "
+                        "images only; use --ot-on target, or drop --source-stage")
     return ot_on
 
 
@@ -82,7 +92,12 @@ class JTLN(Method):
         self.source_free = not self.has_source_data
         self.uses_source = self.has_source_data
         self.uses_target = True
-        self.ot_on = check_ot_on(cfg.ot_on, self.has_source_data)
+        self.source_stage = bool(cfg.source_stage)
+        if self.source_stage and self.source_free:
+            raise UserError("--source-stage needs source data (the stage trains the source head on it); give "
+                            "--source-data, or drop --source-stage")
+        self.ot_on = check_ot_on(cfg.ot_on, self.has_source_data, self.source_stage)
+        self.stage = 0
         self.ot_loss = JTLNLoss(weight=cfg.ot_weight, on=self.ot_on, target_dist=cfg.ot_target,
                                 source_dist=cfg.ot_source, detach=cfg.ot_detach, eps=cfg.ot_eps,
                                 max_iter=cfg.ot_iters, tol=cfg.ot_tol, smooth=cfg.ot_smooth, reg=cfg.ot_reg)
@@ -126,16 +141,34 @@ class JTLN(Method):
                             "(source classes x target classes)")
         return cost.to(device=ctx.device, dtype=torch.float32)
 
+    def stages(self) -> list[Stage]:
+        if not self.source_stage:
+            return super().stages()
+        return [Stage("source", uses_source=True, uses_target=False, selects=False),
+                Stage(self.name, uses_source=False, uses_target=True)]
+
     def setup(self, ctx: SetupContext) -> None:
-        self.cost = self.build_cost(ctx)
+        if not self.source_stage:  # with a source stage, M is built when the JTLN stage starts
+            self.cost = self.build_cost(ctx)
+
+    def on_stage_start(self, index: int, ctx: SetupContext) -> None:
+        self.stage = index
+        # the source stage has trained the trunk and the source head: relate the classes now (on a
+        # resume inside the JTLN stage, M comes back with the checkpoint and is kept)
+        if self.source_stage and index == 1 and self.cost is None:
+            self.cost = self.build_cost(ctx, refresh=True)
 
     def on_epoch_start(self, epoch: int, ctx: SetupContext) -> None:
         every = self.cfg.cost_refresh
-        if every > 0 and epoch > 0 and epoch % every == 0:
+        in_source_stage = self.source_stage and self.stage == 0  # no M there
+        if every > 0 and epoch > 0 and epoch % every == 0 and not in_source_stage:
             self.cost = self.build_cost(ctx, refresh=True)
 
     # ------------------------------------------------------------------ loss
     def losses(self, model, batch, progress):
+        if self.source_stage and self.stage == 0:
+            source_logits, _ = model(batch.x_s)
+            return {"ce_source": cross_entropy(source_logits, batch.y_s)}
         use_source = self.uses_source and batch.x_s is not None
         out_s, (src_t, tgt_t) = forward_joint(model, batch.x_s if use_source else None, batch.x_t)
         terms = {"ce_target": cross_entropy(tgt_t, batch.y_t)}
@@ -173,6 +206,7 @@ class JTLN(Method):
                 "ot_detach": cfg.ot_detach, "ot_reg": cfg.ot_reg, "ot_weight": cfg.ot_weight, "ot_eps": cfg.ot_eps,
                 "cost": cfg.cost, "cost_base": cfg.cost_base if cfg.cost == "shuffled" else None,
                 "cost_normalize": cfg.cost_normalize, "cost_refresh": cfg.cost_refresh,
+                "source_stage": self.source_stage,
                 "source_free": self.source_free}
 
     def transport_plan(self, source_logits: Tensor, target_logits: Tensor, labels: Tensor) -> Optional[Tensor]:
