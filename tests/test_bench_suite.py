@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tllib_jtln.bench.report import (collect_results, k_of_settings, mean_std, plot_accuracy_vs_k, render_pairs,
-                                     render_switches, render_table, write_report)
+                                     render_switches, render_table, row_style, write_report)
 from tllib_jtln.bench.suite import expand_runs, load_suite, run_one, select_runs
 from tllib_jtln.errors import UserError
 
@@ -159,3 +159,9 @@ def test_suites_sharing_a_run_folder_ask_the_same_recipe_of_each_shared_run():
                     shared += 1
                     assert runs_a[run] == runs_b[run], f"{name_a} and {name_b} disagree on {run}"
     assert shared > 0
+
+
+def test_rows_of_the_accuracy_picture_look_different_beyond_the_colour_cycle():
+    styles = [tuple(sorted(row_style(index).items())) for index in range(30)]
+    assert len(set(styles)) == 30  # a 15-row suite no longer draws two rows alike
+    assert row_style(0)["color"] == row_style(10)["color"] and row_style(0) != row_style(10)

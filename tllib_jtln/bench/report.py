@@ -129,6 +129,13 @@ def k_of_settings(suite: dict) -> dict[str, int]:
     return ks
 
 
+def row_style(index: int) -> dict:
+    """Matplotlib line style of the ``index``-th row: the 10-colour cycle, then the next ten rows
+    with other markers and dashes, so no two of the first 30 rows look alike."""
+    turn = index // 10
+    return {"color": f"C{index % 10}", "marker": "osD"[turn % 3], "linestyle": ("-", "--", ":")[turn % 3]}
+
+
 def plot_accuracy_vs_k(suite: dict, records: list[dict], path: Path, metric: str = "test_top1") -> Path | None:
     """Target test top-1 (%) against K, one line per method row, error bars = std over seeds.
 
@@ -145,7 +152,7 @@ def plot_accuracy_vs_k(suite: dict, records: list[dict], path: Path, metric: str
     import matplotlib.pyplot as plt
 
     order = sorted(ks, key=ks.get)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(8.4, 4.4))
     for index, row in enumerate(suite["methods"]):
         points = [(ks[s], *mean_std(list(values.values())), len(values))
                   for s in order if (values := _values(records, row, s, metric))]
@@ -154,7 +161,7 @@ def plot_accuracy_vs_k(suite: dict, records: list[dict], path: Path, metric: str
         x, mean, std, seeds = zip(*points)
         shift = (index - len(suite["methods"]) / 2) * 0.015  # side by side, so error bars do not hide each other
         xs = [k * (1 + shift) for k in x]
-        ax.errorbar(xs, mean, yerr=std, marker="o", capsize=3, label=row)
+        ax.errorbar(xs, mean, yerr=std, capsize=3, label=row, **row_style(index))
         for xi, yi, n in zip(xs, mean, seeds):
             if n < len(suite["seeds"]):  # a cell with missing seeds says how many it has, as the tables do
                 ax.annotate(f"{n}/{len(suite['seeds'])}", (xi, yi), textcoords="offset points", xytext=(4, -10),
@@ -167,7 +174,7 @@ def plot_accuracy_vs_k(suite: dict, records: list[dict], path: Path, metric: str
     ax.set_ylabel("target test top-1 (%)")
     ax.set_title(f"{suite['name']}: mean ± std over seeds {suite['seeds']}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: rows can be many
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
