@@ -191,6 +191,18 @@ def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits.float(), labels)
 
 
+#: The first stage of the two-stage methods (``consecutive``, ``co_tuning``, ``jtln --source-stage``):
+#: the source set alone, not validated.
+SOURCE_STAGE = Stage("source", uses_source=True, uses_target=False, selects=False)
+
+
+def source_stage_losses(model: Callable[[Tensor], tuple[Tensor, Tensor]], batch: Any) -> dict[str, Tensor]:
+    """The loss of :data:`SOURCE_STAGE`: ``{"ce_source": CE(h_s(g(x_s)), y_s)}`` on the source images
+    ``x_s`` (B_s, C, H, W) alone."""
+    source_logits, _ = model(batch.x_s)
+    return {"ce_source": cross_entropy(source_logits, batch.y_s)}
+
+
 METHODS: Registry[type[Method]] = Registry("methods")
 
 

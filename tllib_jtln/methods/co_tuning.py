@@ -34,7 +34,8 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..regularization import CoTuningLoss, Relationship, category_relation
-from .base import Method, SetupContext, Stage, cross_entropy, register_method, source_head_probs
+from .base import (SOURCE_STAGE, Method, SetupContext, Stage, cross_entropy, register_method, source_head_probs,
+                   source_stage_losses)
 
 __all__ = ["CoTuning", "category_relation"]
 
@@ -52,7 +53,7 @@ class CoTuning(Method):
         co_tuning = Stage("co_tuning", uses_source=False, uses_target=True)
         if not self.uses_source:
             return [co_tuning]
-        return [Stage("source", uses_source=True, uses_target=False, selects=False), co_tuning]
+        return [SOURCE_STAGE, co_tuning]
 
     def prepare_model(self, model) -> None:
         if getattr(model, "source_head", None) is None:
@@ -80,8 +81,7 @@ class CoTuning(Method):
         if self.relation is None:
             if not self.uses_source:
                 raise RuntimeError("co_tuning: setup(ctx) (or load_state_dict) must run before losses()")
-            source_logits, _ = model(batch.x_s)
-            return {"ce_source": cross_entropy(source_logits, batch.y_s)}
+            return source_stage_losses(model, batch)
         source_logits, target_logits = model(batch.x_t)
         soft = self.relation.to(source_logits.device)[batch.y_t]
         return {"ce_target": cross_entropy(target_logits, batch.y_t),

@@ -12,7 +12,7 @@ each step forwards only the stage's images. Only stage 2 is validated and select
 """
 from __future__ import annotations
 
-from .base import Method, Stage, cross_entropy, register_method
+from .base import SOURCE_STAGE, Method, Stage, cross_entropy, register_method, source_stage_losses
 
 
 @register_method("consecutive")
@@ -24,15 +24,13 @@ class Consecutive(Method):
         self.stage = 0
 
     def stages(self) -> list[Stage]:
-        return [Stage("source", uses_source=True, uses_target=False, selects=False),
-                Stage("target", uses_source=False, uses_target=True)]
+        return [SOURCE_STAGE, Stage("target", uses_source=False, uses_target=True)]
 
     def on_stage_start(self, index: int, ctx) -> None:
         self.stage = index
 
     def losses(self, model, batch, progress):
         if self.stage == 0:
-            source_logits, _ = model(batch.x_s)
-            return {"ce_source": cross_entropy(source_logits, batch.y_s)}
+            return source_stage_losses(model, batch)
         _, target_logits = model(batch.x_t)
         return {"ce_target": cross_entropy(target_logits, batch.y_t)}

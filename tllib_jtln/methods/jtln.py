@@ -52,7 +52,8 @@ from torch import Tensor
 from ..cost import build_cost, cost_options
 from ..errors import UserError
 from ..regularization import JTLNLoss
-from .base import Method, SetupContext, Stage, cross_entropy, forward_joint, register_method, source_head_probs
+from .base import (SOURCE_STAGE, Method, SetupContext, Stage, cross_entropy, forward_joint, register_method,
+                   source_head_probs, source_stage_losses)
 
 #: below this share of converged Sinkhorn problems in an epoch, the user is warned (once)
 CONVERGED_SHARE = 0.99
@@ -144,8 +145,7 @@ class JTLN(Method):
     def stages(self) -> list[Stage]:
         if not self.source_stage:
             return super().stages()
-        return [Stage("source", uses_source=True, uses_target=False, selects=False),
-                Stage(self.name, uses_source=False, uses_target=True)]
+        return [SOURCE_STAGE, Stage(self.name, uses_source=False, uses_target=True)]
 
     def setup(self, ctx: SetupContext) -> None:
         if not self.source_stage:  # with a source stage, M is built when the JTLN stage starts
@@ -167,8 +167,7 @@ class JTLN(Method):
     # ------------------------------------------------------------------ loss
     def losses(self, model, batch, progress):
         if self.source_stage and self.stage == 0:
-            source_logits, _ = model(batch.x_s)
-            return {"ce_source": cross_entropy(source_logits, batch.y_s)}
+            return source_stage_losses(model, batch)
         use_source = self.uses_source and batch.x_s is not None
         out_s, (src_t, tgt_t) = forward_joint(model, batch.x_s if use_source else None, batch.x_t)
         terms = {"ce_target": cross_entropy(tgt_t, batch.y_t)}
