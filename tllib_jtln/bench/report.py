@@ -182,13 +182,26 @@ def plot_accuracy_vs_k(suite: dict, records: list[dict], path: Path, metric: str
     return path
 
 
+def _merge_unrecorded(runs: list[dict]) -> tuple[list[dict], list[str]]:
+    """One row's distinct switch dicts, with those that differ only by keys some runs lack (a switch
+    added after those runs were made, so their ``summary.json`` does not name it) merged into one;
+    returns the dicts and the sorted names of the keys some runs did not record."""
+    if len(runs) < 2:
+        return runs, []
+    union = {k: v for d in runs for k, v in d.items()}
+    if any(d.get(k, union[k]) != union[k] for d in runs for k in union):  # a real difference: keep them apart
+        return runs, []
+    return [union], sorted(k for k in union if any(k not in d for d in runs))
+
+
 def render_switches(suite: dict, records: list[dict]) -> str:
     """Each row's resolved switches as its runs' ``summary.json`` recorded them (``switches``): the
-    values every row with switches shares on one line, then what each row sets differently."""
-    by_row = {}
+    values every row with switches shares on one line, then what each row sets differently. Runs
+    that differ only because older code did not record a switch are one cell, with that noted."""
+    by_row, unrecorded = {}, {}
     for row in suite["methods"]:
         seen = {json.dumps(r.get("switches") or {}, sort_keys=True) for r in records if r["row"] == row and r["finished"]}
-        by_row[row] = [json.loads(x) for x in sorted(seen)]
+        by_row[row], unrecorded[row] = _merge_unrecorded([json.loads(x) for x in sorted(seen)])
     with_switches = [d for runs in by_row.values() for d in runs if d]
     shared = {k: v for k, v in with_switches[0].items() if all(d.get(k, object()) == v for d in with_switches)} \
         if with_switches else {}
@@ -197,7 +210,8 @@ def render_switches(suite: dict, records: list[dict]) -> str:
     for row, runs in by_row.items():
         cells = ["; ".join(f"{k}={v}" for k, v in sorted(d.items()) if k not in shared) or ("(shared only)" if d else "(none)")
                  for d in runs]
-        lines.append(f"| {row} | " + (" / ".join(cells) or "-") + " |")
+        note = f" ({', '.join(unrecorded[row])}: not recorded by the runs made before it existed)" if unrecorded[row] else ""
+        lines.append(f"| {row} | " + (" / ".join(cells) or "-") + note + " |")
     return "\n".join(lines)
 
 
