@@ -41,6 +41,27 @@ def test_expand_runs_merges_base_setting_and_row(suite):
     assert run.settings == {"epochs": 2, "num_samples_per_class": 5, "method": "jtln", "cost": "knn"}
 
 
+def test_a_rows_per_setting_values_apply_in_that_column_only(tmp_path):
+    path = tmp_path / "suite.yaml"
+    path.write_text(SUITE.replace("erm: {method: erm}", "erm: {method: erm, lr: 0.001, per_setting: {K5: {lr: 0.1}}}"))
+    runs = {r.name: r.settings for r in expand_runs(load_suite(path))}
+    assert runs["K1/erm/seed0"] == {"epochs": 2, "num_samples_per_class": 1, "method": "erm", "lr": 0.001}
+    assert runs["K5/erm/seed2"] == {"epochs": 2, "num_samples_per_class": 5, "method": "erm", "lr": 0.1}
+    assert "lr" not in runs["K5/jtln/seed0"]
+
+
+@pytest.mark.parametrize("per_setting, needle", [
+    ("{K9: {lr: 0.1}}", "methods.erm.per_setting: unknown setting 'K9'; the suite's settings: K1, K5"),
+    ("{K5: {lrr: 0.1}}", "did you mean 'lr'"),
+    ("[K5]", "methods.erm.per_setting: must map setting names to Config settings"),
+])
+def test_bad_per_setting_values_fail_before_any_run(tmp_path, per_setting, needle):
+    path = tmp_path / "suite.yaml"
+    path.write_text(SUITE.replace("erm: {method: erm}", f"erm: {{method: erm, per_setting: {per_setting}}}"))
+    with pytest.raises(UserError, match=needle):
+        load_suite(path)
+
+
 @pytest.mark.parametrize("text, needle", [
     (SUITE.replace("epochs: 2", "epoks: 2"), "did you mean 'epochs'"),
     (SUITE.replace("seeds: [0, 1, 2]", "seeds: []"), "'seeds' is required"),

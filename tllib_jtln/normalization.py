@@ -1,4 +1,4 @@
-r"""Stochastic Normalization (Kou, Yang, Wang, Long and Jiang, NeurIPS 2020), as TLlib's
+r"""Stochastic Normalization (Kou, You, Long and Wang, NeurIPS 2020), as TLlib's
 ``tllib.normalization.stochnorm``: a drop-in for the BatchNorm layers of a pretrained network.
 
 In training, every channel ``c`` of a StochNorm layer draws :math:`s_c \sim \mathrm{Bernoulli}(p)`

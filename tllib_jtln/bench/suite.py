@@ -12,6 +12,7 @@ A suite file (YAML, ``yaml.safe_load``)::
     methods:                       # rows of the table
       erm: {method: erm}
       jtln: {method: jtln, cost: knn}
+      lwf: {method: lwf, lr: 0.001, per_setting: {K5: {lr: 0.01}}}  # a row's values in one column only
     pairs:                         # optional paired differences (same seeds, same data)
       - [jtln, joint]
 
@@ -44,6 +45,7 @@ from ..errors import UserError
 from .report import collect_results, write_report
 
 SUITE_KEYS = {"name", "out", "seeds", "base", "settings", "methods", "pairs", "metric"}
+PER_SETTING = "per_setting"  # in a method row: {setting: {Config key: value}} for that column only
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,24 @@ def load_suite(path: str | Path) -> dict:
             raise UserError(f"--suite {path}: '{group}' must map names to Config settings")
         for name, values in suite[group].items():
             _check_folder_name(name, f"--suite {path}: {group}")
-            merged = {**suite["base"], **(values or {})}
-            Config().update(merged, f"--suite {path}: {group}.{name}")  # typos fail here, before any run
+            values = dict(values or {})
+            per_setting = values.pop(PER_SETTING, {}) if group == "methods" else {}
+            Config().update({**suite["base"], **values}, f"--suite {path}: {group}.{name}")  # typos fail here
+            _check_per_setting(per_setting, suite["settings"], f"--suite {path}: methods.{name}.{PER_SETTING}")
     for pair in suite["pairs"]:
         if not (isinstance(pair, list) and len(pair) == 2 and all(p in suite["methods"] for p in pair)):
             raise UserError(f"--suite {path}: each pair must be [row, row] of two method rows, got {pair!r}")
     return suite
+
+
+def _check_per_setting(per_setting, settings: dict, where: str) -> None:
+    """A row's ``per_setting`` maps setting names of the suite to Config keys."""
+    if not isinstance(per_setting, dict):
+        raise UserError(f"{where}: must map setting names to Config settings, got {per_setting!r}")
+    for setting, values in per_setting.items():
+        if setting not in settings:
+            raise UserError(f"{where}: unknown setting {setting!r}; the suite's settings: {', '.join(settings)}")
+        Config().update(dict(values or {}), f"{where}.{setting}")
 
 
 def _check_folder_name(name, where: str) -> None:
@@ -112,12 +126,15 @@ def check_runs(runs: list["SuiteRun"], path, out: Path) -> None:
 
 
 def expand_runs(suite: dict) -> list[SuiteRun]:
-    """Every (row, setting, seed), settings merged as base < setting < method row."""
+    """Every (row, setting, seed), settings merged as base < setting < method row < the row's
+    ``per_setting`` values for that setting."""
     runs = []
     for setting, setting_values in suite["settings"].items():
         for row, row_values in suite["methods"].items():
+            row_values = dict(row_values or {})
+            only_here = (row_values.pop(PER_SETTING, None) or {}).get(setting) or {}
             for seed in suite["seeds"]:
-                merged = {**suite["base"], **(setting_values or {}), **(row_values or {})}
+                merged = {**suite["base"], **(setting_values or {}), **row_values, **only_here}
                 runs.append(SuiteRun(row, setting, seed, merged))
     return runs
 

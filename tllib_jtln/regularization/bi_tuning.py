@@ -1,4 +1,4 @@
-r"""Bi-Tuning (Zhong, Wang, Long, Jiang, Wang and Tang, 2020), as TLlib's
+r"""Bi-Tuning (Zhong, Wang, Kou, Wang and Long, arXiv 2011.06182, 2020), as TLlib's
 ``tllib.regularization.bi_tuning``: two contrastive terms over per-class queues of keys from a
 momentum encoder, beside the cross-entropy of the classifier.
 

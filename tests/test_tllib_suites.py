@@ -1,0 +1,69 @@
+"""TLlib's benchmark suites (configs/suite/tllib_*.yaml): TLlib's recipe for every method of its
+fine-tuning family beside JTLN, and ``bench --dry-run`` on a miniature TLlib root."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tiny_images import make_tiny_task, make_tllib_root
+from tllib_jtln.bench.suite import expand_runs, load_suite
+from tllib_jtln.cli import main
+from tllib_jtln.methods import METHODS
+
+SUITE_DIR = Path(__file__).resolve().parents[1] / "configs" / "suite"
+SUITES = ["tllib_cub200", "tllib_stanford_cars", "tllib_aircraft"]
+#: TLlib's benchmark rows and the task-adaptation examples' L2-SP and LwF, and JTLN
+FAMILY = {"erm", "l2sp", "delta", "bss", "stochnorm", "lwf", "co_tuning", "bi_tuning", "jtln"}
+#: lwf.sh's learning rate per sample rate (every other method: lr 0.01)
+LWF_LR = {"tllib_cub200": {15: 0.001, 30: 0.001, 50: 0.001, 100: 0.01},
+          "tllib_stanford_cars": dict.fromkeys((15, 30, 50, 100), 0.01),
+          "tllib_aircraft": dict.fromkeys((15, 30, 50, 100), 0.001)}
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_suite_is_tllibs_recipe_for_every_method(name):
+    suite = load_suite(SUITE_DIR / f"{name}.yaml")
+    runs = expand_runs(suite)
+    assert {r.settings["method"] for r in runs} >= FAMILY
+    assert suite["seeds"] == [0, 1, 2]
+    assert sorted({r.settings["sample_rate"] for r in runs}) == [15, 30, 50, 100]
+    for run in runs:
+        s = run.settings
+        assert (s["arch"], s["pretrained"], s["image_size"], s["transforms"]) == ("resnet50.tv_in1k", True, 224,
+                                                                                   "tllib"), run.name
+        assert (s["batch_size"], s["epochs"], s["iters_per_epoch"], s["lr_decay_epochs"]) == (48, 20, 500, [12])
+        assert s["finetune"] is (s["method"] != "bi_tuning"), run.name  # bi_tuning.sh has no --finetune
+        assert s["wd"] == (0.0 if s["method"] in ("l2sp", "delta") else 5e-4), run.name  # delta.py: --wd 0
+        expected_lr = LWF_LR[name][s["sample_rate"]] if s["method"] == "lwf" else 0.01
+        assert s["lr"] == expected_lr, run.name
+    jtln = [r.settings for r in runs if r.settings["method"] == "jtln"]
+    assert any("source_data" not in s and s["cost"] == "source-head" for s in jtln)  # source-free, ImageNet head
+    assert any(s.get("source_data") == "ImageNet" for s in jtln)  # ImageNet images as the source
+
+
+def _on_fake_root(name: str, tmp_path: Path) -> tuple[Path, list[str]]:
+    """The suite file pointed at a miniature TLlib root (and an ImageFolder source), keeping the
+    rows whose method this checkout registers; returns its path and those rows."""
+    suite = yaml.safe_load((SUITE_DIR / f"{name}.yaml").read_text())
+    suite["base"]["root"] = str(make_tllib_root(tmp_path / "data" / name))
+    _, source = make_tiny_task(tmp_path / "source")
+    rows = {row: {**values, **({"source_root": str(source)} if "source_root" in values else {})}
+            for row, values in suite["methods"].items() if values["method"] in METHODS.names()}
+    suite["methods"] = rows
+    suite["pairs"] = [pair for pair in suite["pairs"] if set(pair) <= set(rows)]
+    suite["out"] = str(tmp_path / "out")
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return path, list(rows)
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_suite_passes_dry_run_on_a_fake_tllib_root(name, tmp_path, capsys):
+    path, rows = _on_fake_root(name, tmp_path)
+    assert {"erm", "co_tuning", "jtln", "jtln-imagenet"} <= set(rows)
+    assert main(["bench", "--suite", str(path), "--dry-run"]) == 0, capsys.readouterr().err
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(rows) * 4 * 3 + 1 and lines[-1].startswith(f"{len(rows) * 12} runs -> ")
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
