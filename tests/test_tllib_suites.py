@@ -2,6 +2,7 @@
 fine-tuning family beside JTLN, and ``bench --dry-run`` on a miniature TLlib root."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from tllib_jtln.cli import main
 from tllib_jtln.methods import METHODS
 
 SUITE_DIR = Path(__file__).resolve().parents[1] / "configs" / "suite"
+KNOBS = ("method", "cost", "cost_base", "finetune", "wd", "lr")  # what a row sets, kept by the miniature
 SUITES = ["tllib_cub200", "tllib_stanford_cars", "tllib_aircraft"]
 #: TLlib's benchmark rows and the task-adaptation examples' L2-SP and LwF, and JTLN
 FAMILY = {"erm", "l2sp", "delta", "bss", "stochnorm", "lwf", "co_tuning", "bi_tuning", "jtln"}
@@ -67,3 +69,37 @@ def test_suite_passes_dry_run_on_a_fake_tllib_root(name, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(rows) * 4 * 3 + 1 and lines[-1].startswith(f"{len(rows) * 12} runs -> ")
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SUITE_DIR.parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_the_gpu_smokes_miniature_keeps_every_row_at_a_small_scale(name, tmp_path, capsys):
+    mini_suite = _load_script("mini_suite")
+    root, (_, source) = make_tllib_root(tmp_path / "root"), make_tiny_task(tmp_path / "tiny")
+    path = tmp_path / "mini.yaml"
+    assert mini_suite.main([str(SUITE_DIR / f"{name}.yaml"), "--out", str(path), "--root", str(root),
+                            "--source-root", str(source), "--setting", "sr100", "--set", "device=cpu",
+                            "--runs-out", str(tmp_path / "runs")]) == 0
+    full, mini = load_suite(SUITE_DIR / f"{name}.yaml"), load_suite(path)
+    assert list(mini["methods"]) == list(full["methods"]) and list(mini["settings"]) == ["sr100"]
+    runs = expand_runs(mini)
+    assert len(runs) == len(full["methods"])
+    by_row = {r.row: r.settings for r in runs}
+    for run in runs:
+        s = run.settings
+        assert (s["epochs"], s["iters_per_epoch"], s["batch_size"], s["device"]) == (1, 5, 8, "cpu")
+        assert s["source_per_class"] == 5 and s["root"] == str(root)
+        assert {k: v for k, v in s.items() if k in KNOBS} == \
+            {k: v for k, v in next(r for r in expand_runs(full) if r.name == run.name).settings.items()
+             if k in KNOBS}, run.name  # each row keeps its knobs
+    assert by_row["jtln-imagenet"]["source_root"] == str(source)
+    assert by_row["jtln-imagenet"]["source_data"] == "ImageFolder"
+    capsys.readouterr()
+    only = ",".join(f"*/{row}/*" for row, s in by_row.items() if s["method"] in METHODS.names())
+    assert main(["bench", "--suite", str(path), "--dry-run", "--only", only]) == 0, capsys.readouterr().err
