@@ -164,7 +164,7 @@ def _apply_rules(cfg: Config, given: dict, file_settings: dict, embedded: bool) 
     explicit = set(given) | set(file_settings)
     if embedded:
         _embedded_backbone(cfg, explicit)
-    _refuse_weights_file_without_weights(cfg, given, file_settings)
+    _refuse_weights_file_without_weights(cfg, given, file_settings, embedded)
     apply_method_flags(cfg, explicit, set(given))
     cfg.val_split = resolve_val_split(cfg, embedded=_is_embedded(cfg))
 
@@ -182,7 +182,7 @@ def _embedded_backbone(cfg: Config, explicit: set) -> None:
         cfg.finetune = cfg.pretrained
 
 
-def _refuse_weights_file_without_weights(cfg: Config, given: dict, file_settings: dict) -> None:
+def _refuse_weights_file_without_weights(cfg: Config, given: dict, file_settings: dict, embedded: bool) -> None:
     """``--pretrained-file`` with ``pretrained: false`` (from wherever it came) is a contradiction."""
     if cfg.pretrained_file is None or cfg.pretrained:
         return
@@ -190,8 +190,10 @@ def _refuse_weights_file_without_weights(cfg: Config, given: dict, file_settings
         origin = "--no-pretrained"
     elif "pretrained" in file_settings:
         origin = f"'pretrained: false' in --config {given['config']}"
-    else:
+    elif embedded:
         origin = "the embedded Fashion-MNIST recipe (configs/fashion_mnist.yaml: pretrained: false)"
+    else:
+        origin = "the run's config.yaml (pretrained: false)"
     raise UserError(f"--pretrained-file loads weights, but {origin} asks for random ones; "
                     f"add --pretrained to load the file, or drop --pretrained-file")
 
