@@ -6,7 +6,8 @@ import pytest
 
 from tllib_jtln import __version__
 from tllib_jtln.cli import main
-from tllib_jtln.config import Config, resolve
+from tllib_jtln.config import Config
+from tllib_jtln.settings import resolve_settings
 from tllib_jtln.errors import UserError
 
 
@@ -39,13 +40,13 @@ def test_config_typo_names_closest_key(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("ot_wieght: 0.5\n")
     with pytest.raises(UserError, match="did you mean 'ot_weight'"):
-        resolve({"config": str(recipe)})
+        resolve_settings({"config": str(recipe)})
 
 
 def test_flags_win_over_yaml_and_yaml_over_defaults(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("ot-weight: 0.5\nepochs: 3\n")
-    cfg = resolve({"config": str(recipe), "epochs": 7})
+    recipe.write_text("data: CUB200\not-weight: 0.5\nepochs: 3\n")  # a named dataset: no embedded recipe
+    cfg = resolve_settings({"config": str(recipe), "epochs": 7})
     assert cfg.ot_weight == 0.5 and cfg.epochs == 7 and cfg.lr == Config().lr
 
 
@@ -55,7 +56,7 @@ def test_bad_yaml_values_are_user_errors(tmp_path, text, needle):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(text)
     with pytest.raises(UserError, match=needle):
-        resolve({"config": str(recipe)})
+        resolve_settings({"config": str(recipe)})
 
 
 @pytest.mark.parametrize("given, needle", [({"ot_eps": 0.0}, "--ot-eps must be > 0"),
@@ -64,4 +65,4 @@ def test_bad_yaml_values_are_user_errors(tmp_path, text, needle):
                                            ({"batch_size": 0}, "--batch-size must be >= 1")])
 def test_out_of_range_values_name_the_flag(given, needle):
     with pytest.raises(UserError, match=needle):
-        resolve(given)
+        resolve_settings(given)

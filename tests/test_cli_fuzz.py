@@ -13,7 +13,8 @@ import string
 import pytest
 
 import tllib_jtln.cli as cli
-from tllib_jtln.config import Config, resolve
+from tllib_jtln.config import Config
+from tllib_jtln.settings import resolve_settings
 
 FIELDS = Config.field_names()
 VALUES = ["0", "1", "-1", "0.5", "1e-3", "nan", "inf", "abc", "", "true", "knn", "target", "both",
@@ -59,7 +60,7 @@ def _random_yaml(rng: random.Random) -> str:
 @pytest.fixture
 def resolve_only(monkeypatch):
     """Replace training by config resolution, so each case costs microseconds."""
-    monkeypatch.setattr(cli, "cmd_train", lambda args: isinstance(resolve(cli._given(args)), Config) and 0)
+    monkeypatch.setattr(cli, "cmd_train", lambda args: isinstance(resolve_settings(cli._given(args)), Config) and 0)
 
 
 def test_fuzzed_command_lines_and_recipes_never_trace(tmp_path, capsys, resolve_only):

@@ -18,7 +18,7 @@ from tllib_jtln.engine import distributed as D
 from tllib_jtln.engine.evaluate import evaluate
 from tllib_jtln.engine.logdir import MetricsLog, prepare_log_dir, read_config, write_config
 from tllib_jtln.engine.plots import plot_curves, save_transport, transport_lines
-from tllib_jtln.engine.run import EMBEDDED_RECIPE, resolve_config, resolve_resume_config
+from tllib_jtln.engine.run import EMBEDDED_RECIPE, resolve_config
 from tllib_jtln.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,10 +177,10 @@ def test_resume_config_comes_from_the_run_and_refuses_identity_changes(tmp_path)
     log.mkdir()
     cfg = resolve_config({"method": "joint", "epochs": 2, "log": str(log)})
     write_config(cfg.to_dict(), log)
-    again = resolve_resume_config({"resume": True, "log": str(log), "epochs": 4})
+    again = resolve_config({"resume": True, "log": str(log), "epochs": 4})
     assert again.method == "joint" and again.epochs == 4 and again.resume
     with pytest.raises(UserError, match="method"):
-        resolve_resume_config({"resume": True, "log": str(log), "method": "erm"})
+        resolve_config({"resume": True, "log": str(log), "method": "erm"})
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -8,6 +8,7 @@ finished but some of its runs failed (each named on its line); 130 interrupted. 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 import warnings
@@ -20,11 +21,41 @@ PROG = "tllib-jtln"
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line (naming the fix) and exits 2."""
+    """argparse that reports a usage error as one line (naming the fix) and exits 2.
+
+    An unknown flag is reported by the subcommand it was given to (``see `tllib-jtln train --help```),
+    with the closest flag that subcommand knows (``--tradeoff``: did you mean ``--trade-off``?)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, OneLineParser] = {}  # subcommand -> its parser, under `command_dest`
+        self.command_dest = ""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
         sys.exit(2)
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            owner = self.parser_of(parsed)
+            owner.error(f"unrecognized arguments: {' '.join(unknown)}{owner.closest_flag(unknown)}")
+        return parsed
+
+    def parser_of(self, parsed: argparse.Namespace) -> "OneLineParser":
+        """The (sub)parser of the innermost subcommand in ``parsed`` (``data prepare``: prepare's)."""
+        sub = self.commands.get(getattr(parsed, self.command_dest, None))
+        return sub.parser_of(parsed) if sub is not None else self
+
+    def closest_flag(self, words: Sequence[str]) -> str:
+        """``; did you mean --FLAG?`` for the first unknown flag close to a known one, else ``""``."""
+        known = [flag for action in self._actions for flag in action.option_strings]
+        for word in words:
+            if word.startswith("-"):
+                close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.75)
+                if close:
+                    return f"; did you mean {close[0]}?"
+        return ""
 
 
 def _list_entries(kind: str, pattern: str | None) -> list[str]:
@@ -140,6 +171,9 @@ def build_parser() -> OneLineParser:
     bench.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     bench.add_argument("--jobs", type=int, default=1, help="runs side by side (each gets cores/jobs threads)")
     bench.set_defaults(func=cmd_bench)
+    parser.commands, parser.command_dest = {"train": train, "test": test, "list": lst, "data": data,
+                                            "bench": bench}, "command"
+    data.commands, data.command_dest = {"prepare": prep}, "data_command"
     return parser
 
 

@@ -1,10 +1,9 @@
 """Every setting of a run, in one place: command-line flags and YAML keys come from here.
 
-A run's settings are resolved in this order, later ones winning:
-``Config`` defaults -> the embedded recipe when no dataset is given -> ``--config FILE.yaml``
--> flags given on the command line. YAML keys are the field names below (``ot_weight``) or
-their flag spelling (``ot-weight``); an unknown key is a :class:`UserError` naming the closest
-known key.
+A run's settings are resolved by :func:`tllib_jtln.settings.resolve_settings`, the one pass
+(defaults -> saved run -> embedded recipe -> ``--config FILE.yaml`` -> flags -> rules ->
+:meth:`Config.validate`). YAML keys are the field names below (``ot_weight``) or their flag
+spelling (``ot-weight``); an unknown key is a :class:`UserError` naming the closest known key.
 
 Flags follow TLlib's fine-tuning scripts (the positional dataset root, ``-d``, ``-a``, ``-sr``,
 ``-sc``, ``-b``, ``-i``, ``--epochs``, ``--lr/--learning-rate``, ``--lr-gamma``,
@@ -197,21 +196,22 @@ class Config:
     def validate(self) -> "Config":
         """Range checks that no type can express; a UserError names the flag and the allowed range.
 
-        The one owner of settings checks: :func:`resolve` runs it, and so does the engine before a
-        run (libraries check their own arguments, by argument name)."""
+        The one owner of settings checks: :func:`~tllib_jtln.settings.resolve_settings` runs it, and so
+        does the engine before a run (libraries check their own arguments, by argument name)."""
         for name, value in self.to_dict().items():
+            refuse_nul(name, value)
             if isinstance(value, float) and not math.isfinite(value):
-                raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+                raise UserError(f"{flag_of(name)} must be a finite number, got {value}")
         for name, low, high in _RANGES:
             value = getattr(self, name)
             if value is None:
                 continue
             if (low is not None and value < low) or (high is not None and value > high):
                 bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
-                raise UserError(f"--{name.replace('_', '-')} must be {bounds}, got {value}")
+                raise UserError(f"{flag_of(name)} must be {bounds}, got {value}")
         for name in _POSITIVE:
             if getattr(self, name) <= 0:
-                raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+                raise UserError(f"{flag_of(name)} must be > 0, got {getattr(self, name)}")
         if self.sample_rate not in SAMPLE_RATES:
             raise UserError(f"-sr/--sample-rate must be one of TLlib's {', '.join(map(str, SAMPLE_RATES))} "
                             f"(the list files image_list/train_<sr>.txt), got {self.sample_rate}; "
@@ -221,10 +221,21 @@ class Config:
         return self
 
 
+def flag_of(name: str) -> str:
+    """The long flag of field ``name`` (``ot_eps`` -> ``--ot-eps``)."""
+    return "--" + name.replace("_", "-")
+
+
+def refuse_nul(name: str, value: Any) -> None:
+    """A NUL byte in a text setting is a UserError naming the setting (paths cannot hold one)."""
+    if isinstance(value, str) and "\x00" in value:
+        raise UserError(f"setting '{name}' ({flag_of(name)}) contains a NUL byte: {value!r}; remove it")
+
+
 #: The sample rates of TLlib's list files (``image_list/train_{sr}.txt``).
 SAMPLE_RATES = (100, 50, 30, 15)
 
-#: The source name :func:`resolve` gives the flags typed on the command line.
+#: The source name :func:`~tllib_jtln.settings.resolve_settings` gives the flags typed on the command line.
 COMMAND_LINE = "command line"
 
 #: Destructive switches: accepted from the command line (or a program) only, never from a YAML file.
@@ -233,15 +244,20 @@ COMMAND_LINE_ONLY = ("overwrite", "resume")
 #: Fields that must be > 0: the learning rate, Nesterov SGD's momentum, the entropic regularisation.
 _POSITIVE = ("lr", "momentum", "ot_eps")
 
-# (field, lowest allowed, highest allowed); None: unbounded on that side.
+#: Seeds are NumPy's and torch's: unsigned 32-bit integers.
+MAX_SEED = 2 ** 32 - 1
+
+# (field, lowest allowed, highest allowed); None: unbounded on that side. The learning rate, weight
+# decay and decay factor are bounded (10, 1, 1: far above any fine-tuning recipe) so that SGD's
+# float32 arithmetic cannot overflow.
 _RANGES = [
     ("batch_size", 1, None), ("source_batch_size", 1, None), ("iters_per_epoch", 1, None), ("epochs", 1, None),
-    ("lr", 0.0, None), ("lr_gamma", 0.0, None), ("momentum", 0.0, 1.0), ("wd", 0.0, None), ("workers", 0, None),
+    ("lr", 0.0, 10.0), ("lr_gamma", 0.0, 1.0), ("momentum", 0.0, 1.0), ("wd", 0.0, 1.0), ("workers", 0, None),
     ("num_samples_per_class", 1, None), ("val_per_class", 0, None), ("source_per_class", 1, None),
     ("image_size", 8, None), ("bottleneck_dim", 1, None), ("print_freq", 1, None),
     ("trade_off", 0.0, None), ("source_head_lr", 0.0, None),
     ("ot_weight", 0.0, None), ("ot_iters", 1, None), ("ot_tol", 0.0, None), ("ot_smooth", 0.0, 0.5),
-    ("cost_k", 1, None), ("cost_refresh", 0, None), ("seed", 0, None), ("data_seed", 0, None),
+    ("cost_k", 1, None), ("cost_refresh", 0, None), ("seed", 0, MAX_SEED), ("data_seed", 0, MAX_SEED),
 ]
 
 _TYPES = {f.name: f.type for f in fields(Config)}
@@ -323,25 +339,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             kw["type"] = {"int": int, "float": float, "str": str}[base]
         parser.add_argument(*flags, **kw)
-
-
-def resolve(given: dict, recipe: dict | None = None) -> Config:
-    """Defaults, then ``recipe`` (the embedded task's), then ``--config`` YAML, then the given flags."""
-    cfg = Config()
-    if recipe:
-        cfg.update(recipe, "embedded recipe")
-    config_path = given.get("config")
-    recipe_file = load_yaml(config_path) if config_path else {}
-    if config_path:
-        cfg.update(recipe_file, f"--config {config_path}")
-    cfg.update(given, COMMAND_LINE)
-    if cfg.pretrained_file is not None and not cfg.pretrained:
-        if "pretrained" in given:
-            origin = "--no-pretrained"
-        elif any(str(k).replace("-", "_") == "pretrained" for k in recipe_file):
-            origin = f"'pretrained: false' in --config {config_path}"
-        else:
-            origin = "the embedded Fashion-MNIST recipe (configs/fashion_mnist.yaml: pretrained: false)"
-        raise UserError(f"--pretrained-file loads weights, but {origin} asks for random ones; "
-                        f"add --pretrained to load the file, or drop --pretrained-file")
-    return cfg.validate()

@@ -7,6 +7,8 @@
   gave it on the command line (defaults and shared suite/YAML settings never trigger it):
   ``--trade-off`` with ``erm``/``joint``/``consecutive``, ``--source-head-lr`` with anything but
   ``jtln`` without source data, ``--source-stage`` with anything but ``jtln`` with source data.
+
+:func:`apply_method_flags` is one stage (rules) of the settings pass, :func:`tllib_jtln.settings.resolve_settings`.
 """
 from __future__ import annotations
 

@@ -37,6 +37,17 @@ class Registry(Generic[T]):
         except KeyError:
             raise UserError(self.unknown_message(name)) from None
 
+    def canonical(self, name: str) -> str:
+        """The registered name matching ``name`` up to case, ``-`` and ``_`` (``JTLN`` -> ``jtln``,
+        ``fashion-mnist`` -> ``FashionMNIST``); a :class:`UserError` suggesting close names otherwise."""
+        if name in self._entries:
+            return name
+        key = _loose(name)
+        for registered in self._entries:
+            if _loose(registered) == key:
+                return registered
+        raise UserError(self.unknown_message(name))
+
     def unknown_message(self, name: str, extra: list[str] | None = None) -> str:
         choices = self.names() + list(extra or [])
         close = difflib.get_close_matches(str(name), choices, n=3, cutoff=0.5)
@@ -55,3 +66,8 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _loose(name: object) -> str:
+    """A name with case, ``-`` and ``_`` ignored."""
+    return str(name).replace("-", "").replace("_", "").lower()

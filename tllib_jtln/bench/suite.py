@@ -113,14 +113,11 @@ def _check_folder_name(name, where: str) -> None:
 
 def check_runs(runs: list["SuiteRun"], path, out: Path) -> None:
     """Resolve every run's settings as ``train`` would (ranges, a known method), without training."""
-    from ..engine.run import resolve_config
-    from ..methods import METHODS
+    from ..settings import resolve_settings
 
     for run in runs:
         try:
-            cfg = resolve_config({**run.settings, "seed": run.seed, "log": str(out / run.name)})
-            METHODS.get(cfg.method)
-            cfg.validate()
+            resolve_settings({**run.settings, "seed": run.seed, "log": str(out / run.name)})
         except UserError as exc:
             raise UserError(f"--suite {path}: run {run.name}: {exc}") from None
 

@@ -288,11 +288,7 @@ def cifar(kind: str, root, split: str, download: bool, transform) -> ArrayImages
 
 def canonical_name(name: str) -> str:
     """A registered dataset name, matched case-insensitively (``fashion-mnist`` -> ``FashionMNIST``)."""
-    key = name.replace("-", "").replace("_", "").lower()
-    for registered in DATASETS.names():
-        if registered.replace("-", "").replace("_", "").lower() == key:
-            return registered
-    raise UserError(DATASETS.unknown_message(name))
+    return DATASETS.canonical(name)
 
 
 def prepare_dataset(name: str, root: Optional[str | os.PathLike] = None, download: bool = False) -> Path:

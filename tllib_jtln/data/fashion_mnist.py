@@ -68,14 +68,20 @@ def has_files(folder: Path) -> bool:
     return all(_file(folder, name) is not None for pair in FILES.values() for name in pair)
 
 
+def root_dirs(root: str | Path) -> list[Path]:
+    """The folders under ``--root`` where the files are looked for, in order."""
+    root = Path(root).expanduser()
+    return [root, root / "FashionMNIST" / "raw", root / "fashion-mnist"]
+
+
 def candidate_dirs(root: Optional[str | Path]) -> list[Path]:
-    """Where the files are looked for, in order."""
-    dirs: list[Path] = []
-    if root:
-        root = Path(root).expanduser()
-        dirs += [root, root / "FashionMNIST" / "raw", root / "fashion-mnist"]
-    dirs += [DEFAULT_ROOT / "FashionMNIST" / "raw", DEBIAN_DIR]
-    return dirs
+    """Where the files are looked for, in order: under ``root``, then the default places."""
+    return (root_dirs(root) if root else []) + [DEFAULT_ROOT / "FashionMNIST" / "raw", DEBIAN_DIR]
+
+
+def holds_fashion_mnist(root: str | Path) -> bool:
+    """True when ``root`` itself (not a default place) holds the four files."""
+    return any(has_files(folder) for folder in root_dirs(root))
 
 
 def locate(root: Optional[str | Path] = None) -> Optional[Path]:

@@ -31,7 +31,11 @@ STREAM_VAL = 3
 
 def resolve_val_split(cfg, embedded: bool = False) -> str:
     """``cfg.val_split`` with ``auto`` resolved: ``rest`` when ``-sr < 100``, ``-K`` or the embedded
-    task (which always draws K), else ``train``."""
+    task (which always draws K), else ``train``.
+
+    The settings pass (:func:`tllib_jtln.settings.resolve_settings`) applies it; the task builders
+    call it too, which changes nothing in a resolved ``Config`` and resolves ``auto`` in one built by
+    hand (library use)."""
     choice = getattr(cfg, "val_split", "auto") or "auto"
     if choice not in VAL_SPLITS:
         raise UserError(f"--val-split must be one of {', '.join(VAL_SPLITS)}, got {choice!r}")

@@ -8,10 +8,21 @@ terms; after it, one line per epoch (loss terms, validation accuracies, learning
 """
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 from .logdir import MetricsLog, loss_keys
+
+
+def _val_text(record: dict, mean_class: bool = True) -> str:
+    """``val top-1 X% (, mean class Y%)``, or ``val: none`` without validation (``--val-split none``:
+    NaN accuracies, the last epoch is kept)."""
+    top1 = record["val_top1"]
+    if top1 is None or math.isnan(top1):
+        return "val: none"
+    text = f"val top-1 {100 * top1:.2f}%"
+    return text + (f", mean class {100 * record['val_mean_class_acc']:.2f}%" if mean_class else "")
 
 
 class ProgressBar:
@@ -87,15 +98,14 @@ class Reporter:
             return
         terms_text = ", ".join(f"{k.removeprefix('train_')} {record[k]:.4f}" for k in loss_keys(record)
                                if k != "train_loss")
-        val = (f", val top-1 {100 * record['val_top1']:.2f}%, mean class {100 * record['val_mean_class_acc']:.2f}%"
-               if "val_top1" in record else f" (stage '{record['stage']}', not validated)")
+        val = (f", {_val_text(record)}" if "val_top1" in record else f" (stage '{record['stage']}', not validated)")
         print(f"epoch {record['epoch']}/{self.total_epochs}: loss {record.get('train_loss', float('nan')):.4f}"
               f"{' (' + terms_text + ')' if terms_text else ''}{val}, lr {record['lr']:.4g}"
               f"{' *best*' if improved else ''} [{record['epoch_time_s']:.1f}s]", flush=True)
 
     def finished(self, summary: dict, best: dict, wall: float, log_dir: Path) -> None:
         """The closing lines: the best epoch, its test accuracies and where the log is."""
-        self.say(f"best epoch {best['epoch']}: val top-1 {100 * best['val_top1']:.2f}%; "
+        self.say(f"best epoch {best['epoch']}: {_val_text(best, mean_class=False)}; "
                  f"test top-1 {100 * summary['test_top1']:.2f}%, mean class "
                  f"{100 * summary['test_mean_class_acc']:.2f}% ({summary['test_images']} images); "
                  f"{wall:.1f}s; log: {log_dir}")

@@ -10,15 +10,14 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from ..data.task import is_embedded
-from ..data.val_split import resolve_val_split, selected_on
+from ..data.val_split import selected_on
 from ..errors import UserError
 from .evaluate import EvalResult
 
 
 def selection_of(cfg) -> str:
-    """``val``, ``test`` or ``last`` for the resolved ``--val-split`` of ``cfg``."""
-    return selected_on(resolve_val_split(cfg, embedded=is_embedded(cfg)))
+    """``val``, ``test`` or ``last`` for the resolved ``--val-split`` of ``cfg`` (``auto`` picks a split)."""
+    return selected_on(cfg.val_split)
 
 
 def check_validation(cfg, task) -> None:
@@ -39,7 +38,7 @@ def selection_fields(cfg, task) -> dict:
     """``summary.json`` fields: ``selected_on``, ``val_split`` and the target train/val sizes."""
     on = selection_of(cfg)
     val = task.target_val
-    fields = {"selected_on": on, "val_split": resolve_val_split(cfg, embedded=is_embedded(cfg)),
+    fields = {"selected_on": on, "val_split": cfg.val_split,
               "target_train_size": len(task.target_train),
               "target_val_size": 0 if val is None else len(val)}
     if on == "last":
