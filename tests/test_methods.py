@@ -1,7 +1,10 @@
 """The method registry: every method's loss terms, stages, state, and the JTLN OT gradient paths."""
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
+
+import numpy as np
 
 import pytest
 import torch
@@ -210,6 +213,23 @@ def test_jtln_cost_refresh_rebuilds_from_fresh_features():
     method.on_epoch_start(2, ctx)
     assert ctx.calls[2:] == ["target", "source"] and method.cost.shape == (KS, KT)
     assert not torch.equal(first, method.cost)
+
+
+@pytest.mark.parametrize("cost", ["uniform", "semantic", "file", "shuffled-semantic"])
+def test_jtln_costs_that_read_no_features_run_no_feature_pass(cost, tmp_path):
+    names = [f"s{i}" for i in range(KS)] + [f"t{j}" for j in range(KT)]
+    embeddings = tmp_path / "emb.json"
+    embeddings.write_text(json.dumps({name: [float(i), 1.0] for i, name in enumerate(names)}))
+    matrix = tmp_path / "cost.npy"
+    np.save(matrix, np.arange(KS * KT, dtype=np.float32).reshape(KS, KT))
+    settings = {"uniform": {"cost": "uniform"}, "semantic": {"cost": "semantic"}, "file": {"cost": f"file:{matrix}"},
+                "shuffled-semantic": {"cost": "shuffled", "cost_base": "semantic"}}[cost]
+    method = build_method(make_cfg("jtln", semantic_file=str(embeddings), cost_refresh=1, **settings), make_task())
+    model = make_model()
+    ctx = make_ctx(model)
+    run_setup(method, model, ctx)
+    method.on_epoch_start(1, ctx)  # a refresh
+    assert ctx.calls == [] and method.cost.shape == (KS, KT)
 
 
 def test_jtln_source_head_cost_of_a_new_head_is_uniform_until_the_first_refresh():
