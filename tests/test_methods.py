@@ -200,7 +200,7 @@ def test_jtln_source_free():
 
 
 def test_jtln_cost_refresh_rebuilds_from_fresh_features():
-    method = build_method(make_cfg("jtln", cost="knn", cost_k=3, cost_refresh=2), make_task())  # FAISS
+    method = build_method(make_cfg("jtln", cost="knn", cost_k=3, cost_refresh=2, epochs=4), make_task())  # FAISS
     model = make_model()
     ctx = make_ctx(model)
     run_setup(method, model, ctx)
@@ -283,6 +283,43 @@ def test_jtln_source_stage_trains_the_source_head_first_then_builds_the_cost_fro
     resumed.load_state_dict(method.state_dict())
     resumed.on_stage_start(1, ctx)  # a resume inside the JTLN stage keeps the checkpoint's M
     assert torch.equal(resumed.cost, method.cost) and ctx.calls == calls
+
+
+def test_jtln_source_stage_refresh_counts_epochs_of_the_jtln_stage_and_builds_once_at_its_start():
+    epochs = 5
+    method = build_method(make_cfg("jtln", source_stage=True, cost="knn", cost_k=2, cost_refresh=2, epochs=epochs),
+                          make_task())
+    model = make_model()
+    ctx = make_ctx(model)
+    run_setup(method, model, ctx)
+    method.on_stage_start(0, ctx)
+    for epoch in range(1, epochs):
+        method.on_epoch_start(epoch, ctx)
+    assert ctx.calls == []  # the source stage has no M
+    built = []
+    method.on_stage_start(1, ctx)
+    for epoch in range(epochs, 2 * epochs):
+        method.on_epoch_start(epoch, ctx)
+        built.append(len(ctx.calls) // 2)  # two feature passes (target, source) per build
+    # built at the stage start only (not again by its first epoch), then at its epochs 2 and 4
+    assert built == [1, 1, 2, 2, 3]
+
+
+def test_jtln_and_co_tuning_build_their_state_on_the_main_process_only():
+    """Under DDP only rank 0 extracts features and builds M (or the relation); the engine broadcasts it."""
+    for name, kw, stage_built in (("jtln", {"source_stage": True, "cost_refresh": 1}, "cost"),
+                                  ("co_tuning", {}, "relation")):
+        method = build_method(make_cfg(name, epochs=2, **kw), make_task())
+        model = make_model()
+        ctx = make_ctx(model)
+        ctx.is_main = False  # rank 1 of 2
+        run_setup(method, model, ctx)
+        method.on_stage_start(1, ctx)
+        method.on_epoch_start(3, ctx)  # a refresh epoch of the JTLN stage
+        assert ctx.calls == [] and getattr(method, stage_built) is None, name
+        ctx.is_main = True
+        method.on_stage_start(1, ctx)
+        assert ctx.calls and getattr(method, stage_built) is not None, name
 
 
 def test_co_tuning_relation():

@@ -74,7 +74,8 @@ class CoTuning(Method):
     def on_stage_start(self, index: int, ctx: SetupContext) -> None:
         # the source head has been trained: relate the classes now (on a resume inside the stage, the
         # relation comes back with the checkpoint and is kept)
-        if self.uses_source and index == 1 and self.relation is None:
+        # (on the main process: the engine broadcasts it)
+        if self.uses_source and index == 1 and self.relation is None and ctx.is_main:
             self.relation = self.compute_relation(ctx, refresh=True)
 
     def losses(self, model, batch, progress):

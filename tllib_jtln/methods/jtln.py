@@ -157,12 +157,21 @@ class JTLN(Method):
         # the source stage has trained the trunk and the source head: relate the classes now (on a
         # resume inside the JTLN stage, M comes back with the checkpoint and is kept)
         if self.source_stage and index == 1 and self.cost is None:
-            self.cost = self.build_cost(ctx, refresh=True)
+            self.rebuild_cost(ctx)
 
     def on_epoch_start(self, epoch: int, ctx: SetupContext) -> None:
+        """``--cost-refresh N``: rebuild ``M`` at epochs N, 2N, ... of the JTLN stage, counted from its
+        start (the stage start itself builds ``M``: setup, or the end of ``--source-stage``'s source stage)."""
         every = self.cfg.cost_refresh
         in_source_stage = self.source_stage and self.stage == 0  # no M there
-        if every > 0 and epoch > 0 and epoch % every == 0 and not in_source_stage:
+        epoch_in_stage = epoch % self.cfg.epochs  # every stage runs --epochs epochs
+        if every > 0 and epoch_in_stage > 0 and epoch_in_stage % every == 0 and not in_source_stage:
+            self.rebuild_cost(ctx)
+
+    def rebuild_cost(self, ctx: SetupContext) -> None:
+        """``M`` from the current features, on the main process only: the engine broadcasts it to the
+        other ranks after the hook (:func:`~tllib_jtln.engine.state.share_method_state`)."""
+        if ctx.is_main:
             self.cost = self.build_cost(ctx, refresh=True)
 
     # ------------------------------------------------------------------ loss
