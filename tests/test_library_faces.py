@@ -89,6 +89,9 @@ def test_jtln_loss_both_sides_is_a_sample_weighted_mean_and_nan_on_bad_logits():
     on_source = JTLNLoss(on="source")(cost, target, source)
     both = JTLNLoss(on="both")(cost, target, source)
     torch.testing.assert_close(both, (4 * on_target + 2 * on_source) / 6)
+    # source side asked for, none given (a source-free batch): a zero tensor, not a Python number
+    empty = JTLNLoss(on="source")(cost, target)
+    assert isinstance(empty, torch.Tensor) and empty.shape == () and empty.item() == 0.0
     bad = (target[0] * float("inf"), target[1], target[2])
     assert torch.isnan(JTLNLoss()(cost, bad))
     with pytest.raises(ValueError, match="on: must be one of target, source, both"):

@@ -157,9 +157,10 @@ class JointClassifier(nn.Module):
 
 # ---------------------------------------------------------------------------------------------
 def _same_classes(names: list[str], pretrained: Optional[list[str]]) -> bool:
-    """Whether the source classes are the pretraining classes (same count; names agree if known)."""
+    """Whether the source classes are the pretraining classes: 90% of the names agree. Unknown
+    pretraining names are not a match (a head of the same size may score unrelated classes)."""
     if pretrained is None:
-        return True
+        return False
     norm = lambda s: str(s).strip().lower().replace("_", " ")  # noqa: E731
     agree = sum(norm(a) == norm(b) or norm(a).split(" (")[0] == norm(b).split(" (")[0]
                 for a, b in zip(names, pretrained))
@@ -170,7 +171,7 @@ def build_model(cfg: Any, task: Any) -> JointClassifier:
     """The :class:`JointClassifier` for a run.
 
     Source head: with source data whose classes are the pretraining classes (same count, names
-    agreeing), or with no source data at all (source-free), the backbone's pretrained classifier;
+    known and agreeing), or with no source data at all (source-free), the backbone's pretrained classifier;
     otherwise a new ``Linear`` over ``len(task.source_classes)`` classes (or none).
     Source-free runs set the source head's learning-rate multiplier to ``cfg.source_head_lr``
     (0: frozen). ``cfg.freeze_bn`` keeps the trunk's BatchNorm statistics; ``cfg.channels_last``

@@ -91,6 +91,8 @@ class JTLNLoss(nn.Module):
             src_s, tgt_s, y_s = source_side
             p = y_s if self.source_dist == "label" else self._free_side(src_s)
             parts.append((self._solve(tgt_s, p, cost.t()), tgt_s.shape[0]))
+        if not parts:  # on='source' without source images: no term, as a tensor
+            return src_t.new_zeros((), dtype=torch.float32)
         total = sum(n for _, n in parts)
         return self.weight * sum(value * (n / total) for value, n in parts)
 
