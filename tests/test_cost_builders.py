@@ -146,9 +146,9 @@ def test_semantic_from_json_and_csv(tmp_path):
 
 
 def test_cost_options_from_config():
-    cfg = Config(cost_k=7, cost_index="ivf", cost_nprobe=4, cost_metric="euclidean", cost_seed=2,
-                 cost_base="centroid", semantic_file="e.json", cost_normalize="none")
-    assert cost_options(cfg) == {"k": 7, "index": "ivf", "nprobe": 4, "metric": "euclidean", "seed": 2,
-                                 "base": "centroid", "semantic_file": "e.json", "normalize": "none"}
+    cfg = Config(cost_k=7, cost_index="ivf", cost_nprobe=4, cost_base="centroid", semantic_file="e.json",
+                 cost_normalize="none")
+    assert cost_options(cfg) == {"k": 7, "index": "ivf", "nprobe": 4, "base": "centroid", "semantic_file": "e.json",
+                                 "normalize": "none"}
     sf, sl, tf, tl, _ = clustered()
     build_cost("centroid", sf, sl, tf, tl, **cost_options(Config()))  # every option is accepted

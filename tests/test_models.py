@@ -78,7 +78,7 @@ def test_pretrained_file_gives_the_pretrained_head(tmp_path, suffix):
 
 def test_build_model_source_free_uses_pretrained_head(tmp_path):
     path, state = _save_random_model(tmp_path, ".safetensors")
-    cfg = Config(arch="mobilenetv3_small_050", pretrained_file=str(path), source_head_lr=0.0, freeze_bn=True)
+    cfg = Config(arch="mobilenetv3_small_050", pretrained_file=str(path), freeze_bn=True)
     task = SimpleNamespace(source_train=None, source_classes=None, target_classes=["a", "b", "c"],
                            in_chans=3, image_size=32)
     model = build_model(cfg, task)

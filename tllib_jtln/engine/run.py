@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..data.task import is_embedded
 from ..data.val_split import resolve_val_split
 from ..flag_rules import apply_method_flags
+from ..retired import drop_retired
 from .logdir import read_config
 
 #: The recipe of the embedded Fashion-MNIST task (also in ``configs/fashion_mnist.yaml``): a
@@ -123,6 +124,7 @@ def _saved_config(log_dir: str | Path) -> Config:
     saved = read_config(Path(log_dir))
     for key in COMMAND_LINE_ONLY:  # older runs saved `resume: true`: a switch, not a setting
         saved.pop(key, None)
+    saved = drop_retired(saved, f"{Path(log_dir) / 'config.yaml'}")  # older runs saved removed switches
     cfg = Config()
     cfg.update(saved, f"{Path(log_dir) / 'config.yaml'}")
     return cfg

@@ -21,7 +21,7 @@ relation is computed in ``setup`` and there is one stage. With source data there
 with its own optimizer and full schedule: the source head is first trained by source
 cross-entropy (as many source images as ``joint``), then the relation is computed and the
 co-tuning stage sees as many target images as ``erm``. The source head is always trained
-(rate as TLlib: 0.1x under ``--finetune`` when pretrained); ``--source-head-lr`` is not used.
+(rate as TLlib: 0.1x under ``--finetune`` when pretrained).
 
 Shape: ``relation`` (Kt, Ks); terms ``ce_source`` (first stage) or ``ce_target`` and
 ``co_tuning`` (scalars, the latter already multiplied by ``trade_off``).
