@@ -107,7 +107,8 @@ def make_feature_fn(parts: Parts, state: dict):
     training set), seen through the evaluation transform (``TransferTask.eval_view``: never an
     augmented view, so two passes over the same weights give the same features). Features are
     the pooled pre-logits ``model.forward_features(x)`` of the current
-    model in eval mode over the whole split (every rank computes the same), memoised per epoch
+    model in eval mode over the whole split (called on the main process: methods build their
+    state there and the engine broadcasts it), memoised per epoch
     (``state["epoch"]``) and, with ``--feature-cache DIR``, cached on disk by
     :func:`tllib_jtln.cost.collect_features` under a key naming the data settings and a hash of the
     weights (so runs that start from the same weights on the same data share the file).

@@ -20,7 +20,8 @@ Switches (``Config``):
 - ``ot_reg`` (``entropy`` or ``kl``, see :class:`~tllib_jtln.ot.WassersteinLoss`), ``ot_weight``
   (alpha), ``ot_eps``, ``ot_iters``, ``ot_tol``, ``ot_smooth``; ``cost``, ``cost_normalize`` and
   the other ``cost_*`` options; ``cost_refresh`` (rebuild ``M`` from the current features every N
-  epochs). ``cost=source-head`` with a NEW source head (source data whose classes are not the
+  epochs of the JTLN stage, on the main process). Costs that read no features (``uniform``,
+  ``semantic``, ``file:``) run no feature pass (:func:`~tllib_jtln.cost.features_read`). ``cost=source-head`` with a NEW source head (source data whose classes are not the
   pretraining classes) needs ``cost_refresh``: ``M`` is uniform until the first refresh, then the
   relation of the head trained so far (Co-Tuning's relation, learned jointly).
 - ``source_stage`` (beyond the paper, with source data): two stages as ``co_tuning``'s, each with
