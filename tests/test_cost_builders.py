@@ -24,6 +24,18 @@ def test_registry_lists_every_cost():
     assert set(COSTS.names()) == {"knn", "centroid", "source-head", "semantic", "uniform", "shuffled", "file:PATH"}
 
 
+def test_each_cost_says_which_features_it_reads():
+    from tllib_jtln.cost import features_read
+
+    assert features_read("knn") == features_read("centroid") == ("source", "target")
+    assert features_read("source-head") == ("target",)
+    assert features_read("uniform") == features_read("semantic") == features_read("file:m.npy") == ()
+    assert features_read("shuffled", base="source-head") == ("target",)
+    assert features_read("shuffled", base="file:m.npy") == ()
+    with pytest.raises(UserError, match="did you mean 'centroid'"):
+        features_read("centriod")
+
+
 def test_unknown_cost_is_a_user_error_with_a_suggestion():
     with pytest.raises(UserError, match="did you mean 'centroid'"):
         build_cost("centriod", num_source_classes=2, num_target_classes=2)
@@ -134,9 +146,9 @@ def test_semantic_from_json_and_csv(tmp_path):
 
 
 def test_cost_options_from_config():
-    cfg = Config(cost_k=7, cost_index="ivf", cost_nprobe=4, cost_metric="euclidean", cost_seed=2,
-                 cost_base="centroid", semantic_file="e.json", cost_normalize="none")
-    assert cost_options(cfg) == {"k": 7, "index": "ivf", "nprobe": 4, "metric": "euclidean", "seed": 2,
-                                 "base": "centroid", "semantic_file": "e.json", "normalize": "none"}
+    cfg = Config(cost_k=7, cost_index="ivf", cost_nprobe=4, cost_base="centroid", semantic_file="e.json",
+                 cost_normalize="none")
+    assert cost_options(cfg) == {"k": 7, "index": "ivf", "nprobe": 4, "base": "centroid", "semantic_file": "e.json",
+                                 "normalize": "none"}
     sf, sl, tf, tl, _ = clustered()
     build_cost("centroid", sf, sl, tf, tl, **cost_options(Config()))  # every option is accepted

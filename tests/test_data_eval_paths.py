@@ -34,3 +34,21 @@ def test_tllib_format_task_evaluates_without_augmentation(tmp_path, transforms):
 def test_embedded_task_evaluates_without_augmentation():
     _check(build_task(Config(num_samples_per_class=2, val_per_class=1, source_per_class=2, transforms="small",
                              image_size=28)))
+
+
+def test_eval_view_refuses_rather_than_hand_out_the_augmented_training_set():
+    from torch.utils.data import TensorDataset
+
+    from tllib_jtln.data import TransferTask
+    from tllib_jtln.data.memory import TensorImages
+
+    images, labels = torch.zeros(4, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 0, 1])
+    with_subset = TensorImages(images, labels, ["a", "b"], lambda x: x.float().unsqueeze(0))
+    plain = TensorDataset(images.float().unsqueeze(1), labels)
+    common = dict(name="t", target_val=None, target_test=plain, target_classes=["a", "b"])
+    with pytest.raises(ValueError, match="no eval_transform"):
+        TransferTask(target_train=with_subset, **common).eval_view("target")
+    with pytest.raises(ValueError, match="TensorDataset has no subset"):
+        TransferTask(target_train=plain, eval_transform=lambda x: x, **common).eval_view("target")
+    view = TransferTask(target_train=with_subset, eval_transform=lambda x: x.float().unsqueeze(0), **common)
+    assert len(view.eval_view("target")) == 4

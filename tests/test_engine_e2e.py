@@ -178,6 +178,28 @@ def test_features_for_costs_come_from_the_evaluation_view(data_root, tmp_path):
     assert not torch.equal(x1, x2)
 
 
+def test_cost_refreshes_keep_a_run_and_its_controls_paired(data_root, tmp_path, monkeypatch):
+    """jtln --cost-refresh 1 (a feature pass between the epochs) and its uniform control (none) see the
+    same batches and the same global RNG state (hence dropout masks) at every step."""
+    cls = METHODS.get("jtln")
+    original = cls.losses
+    steps: dict[str, list] = {}
+
+    def recording(self, model, batch, progress):
+        steps[self.cfg.log].append((batch.y_s.tolist(), batch.y_t.tolist(), float(batch.x_t.sum()),
+                                    torch.get_rng_state()))
+        return original(self, model, batch, progress)
+
+    monkeypatch.setattr(cls, "losses", recording)
+    for name, cost in (("knn", "knn"), ("uniform", "uniform")):
+        steps[str(tmp_path / name)] = []
+        train_from_flags(tiny_flags(data_root, tmp_path / name, method="jtln", cost=cost, cost_refresh=1))
+    treatment, control = steps.values()
+    assert len(treatment) == len(control) == 6
+    for a, b in zip(treatment, control):
+        assert a[:3] == b[:3] and torch.equal(a[3], b[3])
+
+
 def test_nonfinite_logits_inside_the_ot_term_meet_the_same_policy(data_root, tmp_path, monkeypatch):
     """Logits that overflow (e.g. --lr 1e30) must not crash inside Sinkhorn: stop naming the term, or skip."""
     cls = METHODS.get("jtln")

@@ -277,8 +277,8 @@ def test_stop_after_env_is_parsed(monkeypatch):
         _stop_after_from_env()
 
 
-def test_setup_features_see_the_evaluation_transform(tmp_path):
-    """Cost-matrix features are an evaluation pass: the training augmentation never runs there."""
+def _feature_fn_on_a_tiny_task(tmp_path):
+    """The engine's feature function over a 6-image task whose training augmentation must never run."""
     from tllib_jtln.data import TransferTask
     from tllib_jtln.data.memory import TensorImages
     from tllib_jtln.engine.assembly import Parts, make_feature_fn
@@ -301,7 +301,35 @@ def test_setup_features_see_the_evaluation_transform(tmp_path):
 
     parts = Parts(cfg=Config(workers=0, progress=False), task=task, model=Mean(), device=torch.device("cpu"),
                   info=D.DistInfo(), log_dir=tmp_path)
-    features = make_feature_fn(parts, {"epoch": 0})
+    return make_feature_fn(parts, {"epoch": 0}), labels
+
+
+def test_setup_features_see_the_evaluation_transform(tmp_path):
+    """Cost-matrix features are an evaluation pass: the training augmentation never runs there."""
+    features, labels = _feature_fn_on_a_tiny_task(tmp_path)
     for split in ("source", "target"):
         feats, labs = features(split)
         assert feats.flatten().tolist() == [float(2 * i) + 0.5 for i in range(6)] and labs.tolist() == labels.tolist()
+
+
+def test_a_feature_pass_leaves_the_global_rng_untouched(tmp_path):
+    """A refresh must not shift the dropout masks of the steps after it (the loader draws a seed)."""
+    features, _ = _feature_fn_on_a_tiny_task(tmp_path)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    features("target")
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_run_saved_before_switches_were_removed_reads_back_unless_it_used_one(tmp_path):
+    """A config.yaml written before --ot-detach, --ot-source, --cost-metric, --cost-seed and
+    --source-head-lr were removed still loads (test --log, --resume) when it holds the behaviour kept."""
+    from tllib_jtln.engine.run import _saved_config
+
+    old = {**Config().to_dict(), "ot_detach": True, "ot_source": "label", "cost_metric": "cosine", "cost_seed": 0,
+           "source_head_lr": 0.0}
+    write_config(old, tmp_path)
+    assert _saved_config(tmp_path) == Config()
+    write_config({**old, "ot_detach": False}, tmp_path)
+    with pytest.raises(UserError, match="'ot_detach: False' was removed"):
+        _saved_config(tmp_path)

@@ -12,6 +12,7 @@ import torch.nn as nn
 
 import tllib_jtln.ot
 import tllib_jtln.regularization
+from tllib_jtln.config import Config
 from tllib_jtln.models import ARCHS, JointClassifier, create_backbone, list_archs
 from tllib_jtln.ot import WassersteinLoss, sinkhorn
 from tllib_jtln.regularization import CoTuningLoss, JTLNLoss, Relationship, category_relation
@@ -80,19 +81,65 @@ def test_jtln_loss_shapes_and_gradients():
     assert loss_fn.mean_plan(cost, z_s.detach(), z_t.detach(), torch.zeros(4, dtype=torch.long)).shape == (5, 3)
 
 
-def test_jtln_loss_both_sides_is_a_sample_weighted_mean_and_nan_on_bad_logits():
+def test_jtln_loss_on_source_images_is_the_transposed_problem_against_the_source_label():
     torch.manual_seed(1)
     cost = torch.rand(5, 3)
     target = (torch.randn(4, 5), torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
-    source = (torch.randn(2, 5), torch.randn(2, 3), torch.tensor([4, 1]))
-    on_target = JTLNLoss(on="target")(cost, target)
-    on_source = JTLNLoss(on="source")(cost, target, source)
-    both = JTLNLoss(on="both")(cost, target, source)
-    torch.testing.assert_close(both, (4 * on_target + 2 * on_source) / 6)
+    source = (torch.randn(2, 5), torch.randn(2, 3, requires_grad=True), torch.tensor([4, 1]))
+    on_source = JTLNLoss(on="source", eps=0.3)(cost, target, source)
+    torch.testing.assert_close(on_source, WassersteinLoss(eps=0.3)(source[1], source[2], cost.t()))
+    on_source.backward()
+    assert source[1].grad.abs().sum() > 0  # the target head learns on source images
+    # source side asked for, none given (a source-free batch): a zero tensor, not a Python number
+    empty = JTLNLoss(on="source")(cost, target)
+    assert isinstance(empty, torch.Tensor) and empty.shape == () and empty.item() == 0.0
     bad = (target[0] * float("inf"), target[1], target[2])
     assert torch.isnan(JTLNLoss()(cost, bad))
-    with pytest.raises(ValueError, match="on: must be one of target, source, both"):
-        JTLNLoss(on="all")
+    with pytest.raises(ValueError, match="on: must be one of target, source"):
+        JTLNLoss(on="both")
+
+
+def test_jtln_loss_target_dist_label_solves_against_the_label_not_the_target_head():
+    torch.manual_seed(3)
+    cost, labels = torch.rand(5, 3), torch.tensor([0, 1, 2, 0])
+    z_s, z_t = torch.randn(4, 5), torch.randn(4, 3)
+    on_label = JTLNLoss(target_dist="label", eps=0.3)(cost, (z_s, z_t, labels))
+    torch.testing.assert_close(on_label, WassersteinLoss(eps=0.3)(z_s, labels, cost))
+    assert JTLNLoss(target_dist="label", eps=0.3)(cost, (z_s, z_t * 5, labels)) == on_label  # z_t is not read
+    assert not torch.allclose(JTLNLoss(eps=0.3)(cost, (z_s, z_t, labels)), on_label)
+
+
+def test_jtln_loss_defaults_are_the_command_lines():
+    """One default, one place: JTLNLoss() is the term `tllib-jtln train --method jtln` optimises."""
+    cfg, loss_fn = Config(), JTLNLoss()
+    assert (loss_fn.weight, loss_fn.on, loss_fn.target_dist) == (cfg.ot_weight, cfg.ot_on, cfg.ot_target)
+    ot = loss_fn.ot
+    assert (ot.eps, ot.max_iter, ot.tol, ot.smooth, ot.reg) == (cfg.ot_eps, cfg.ot_iters, cfg.ot_tol, cfg.ot_smooth,
+                                                               cfg.ot_reg)
+
+
+def test_column_normalisation_changes_the_gradient_only_where_q_learns():
+    """``--cost-normalize column`` removes each target column's floor ``c_j``; since
+    ``W(p, q; M + 1 c^T) = W(p, q; M) + <c, q>``, a floor is a constant of the default term (q
+    detached: the source head's gradient is unchanged) and a prior against target class j where q
+    learns (``--ot-on source``: the target head's gradient changes)."""
+    from tllib_jtln.cost import normalize_cost
+
+    torch.manual_seed(2)
+    floorless = normalize_cost(torch.rand(5, 3), "column")  # every column on [0, 1], minimum 0
+    floors = torch.tensor([0.1, 0.6, 0.3])
+    floored = floorless + floors  # the same spreads: column normalisation gives floorless back
+    torch.testing.assert_close(normalize_cost(floored, "column"), floorless)
+    target = (torch.randn(4, 5, requires_grad=True), torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+    source = (torch.randn(6, 5), torch.randn(6, 3, requires_grad=True), torch.tensor([4, 1, 0, 2, 3, 1]))
+
+    def grad(on, cost):
+        loss = JTLNLoss(on=on, eps=0.3, tol=1e-9, max_iter=1000)(cost, target, source)
+        leaf = target[0] if on == "target" else source[1]
+        return torch.autograd.grad(loss, leaf)[0]
+
+    torch.testing.assert_close(grad("target", floored), grad("target", floorless), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(grad("source", floored), grad("source", floorless), atol=1e-3)
 
 
 def test_co_tuning_loss_and_relationship_shapes():

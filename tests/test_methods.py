@@ -1,7 +1,10 @@
 """The method registry: every method's loss terms, stages, state, and the JTLN OT gradient paths."""
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
+
+import numpy as np
 
 import pytest
 import torch
@@ -153,9 +156,6 @@ def test_jtln_ot_gradient_reaches_source_head_and_trunk_not_target_head():
     assert set(terms) == {"ce_source", "ce_target", "ot"}
     assert source_head > 0 and trunk > 0 and target_head == 0
     assert method.cost.shape == (KS, KT) and method.artifacts()["cost"].max() == pytest.approx(1.0)
-    # q not detached: the target head learns from the OT term too
-    _, source_head, _, target_head, _, _ = _ot_grads(make_cfg("jtln", ot_on="target", ot_detach=False))
-    assert source_head > 0 and target_head > 0
     # OT on source samples with source labels: roles swap, only the target side learns
     _, source_head, trunk, target_head, _, _ = _ot_grads(make_cfg("jtln", ot_on="source"))
     assert source_head == 0 and trunk > 0 and target_head > 0
@@ -181,7 +181,7 @@ def test_jtln_source_free():
     terms, source_head, trunk, target_head, model, method = _ot_grads(cfg, source=False, pretrained_head=True)
     assert not method.uses_source and set(terms) == {"ce_target", "ot"}
     assert method.cost.shape == (KS, KT) and method.cost.min() >= 0 and method.cost.max() == pytest.approx(1.0)
-    assert not model.source_head.weight.requires_grad  # --source-head-lr 0: frozen
+    assert not model.source_head.weight.requires_grad  # source-free: the pretrained head M relates is frozen
     assert source_head == 0 and trunk > 0 and target_head == 0
     # knn without source images: target features against the source head's class prototypes
     terms, _, _, _, model, method = _ot_grads(make_cfg("jtln", cost="knn", cost_k=2), source=False,
@@ -189,15 +189,15 @@ def test_jtln_source_free():
     assert method.cost.shape == (KS, KT) and torch.isfinite(terms["ot"])
     prototypes, labels = head_prototypes(model)
     assert torch.equal(prototypes, model.source_head.weight.detach()) and torch.equal(labels, torch.arange(KS))
-    with pytest.raises(UserError, match="--ot-on both needs source data"):
-        build_method(make_cfg("jtln", ot_on="both"), make_task(source=False))
+    with pytest.raises(UserError, match="--ot-on source needs source data"):
+        build_method(make_cfg("jtln", ot_on="source"), make_task(source=False))
     with pytest.raises(UserError, match="needs a source head"):
         build_method(make_cfg("jtln", cost="uniform"), make_task(source=False)).prepare_model(
             JointClassifier(create_backbone("smallcnn", pretrained=False, in_chans=1), 0, KT))
 
 
 def test_jtln_cost_refresh_rebuilds_from_fresh_features():
-    method = build_method(make_cfg("jtln", cost="knn", cost_k=3, cost_refresh=2), make_task())  # FAISS
+    method = build_method(make_cfg("jtln", cost="knn", cost_k=3, cost_refresh=2, epochs=4), make_task())  # FAISS
     model = make_model()
     ctx = make_ctx(model)
     run_setup(method, model, ctx)
@@ -210,6 +210,23 @@ def test_jtln_cost_refresh_rebuilds_from_fresh_features():
     method.on_epoch_start(2, ctx)
     assert ctx.calls[2:] == ["target", "source"] and method.cost.shape == (KS, KT)
     assert not torch.equal(first, method.cost)
+
+
+@pytest.mark.parametrize("cost", ["uniform", "semantic", "file", "shuffled-semantic"])
+def test_jtln_costs_that_read_no_features_run_no_feature_pass(cost, tmp_path):
+    names = [f"s{i}" for i in range(KS)] + [f"t{j}" for j in range(KT)]
+    embeddings = tmp_path / "emb.json"
+    embeddings.write_text(json.dumps({name: [float(i), 1.0] for i, name in enumerate(names)}))
+    matrix = tmp_path / "cost.npy"
+    np.save(matrix, np.arange(KS * KT, dtype=np.float32).reshape(KS, KT))
+    settings = {"uniform": {"cost": "uniform"}, "semantic": {"cost": "semantic"}, "file": {"cost": f"file:{matrix}"},
+                "shuffled-semantic": {"cost": "shuffled", "cost_base": "semantic"}}[cost]
+    method = build_method(make_cfg("jtln", semantic_file=str(embeddings), cost_refresh=1, **settings), make_task())
+    model = make_model()
+    ctx = make_ctx(model)
+    run_setup(method, model, ctx)
+    method.on_epoch_start(1, ctx)  # a refresh
+    assert ctx.calls == [] and method.cost.shape == (KS, KT)
 
 
 def test_jtln_source_head_cost_of_a_new_head_is_uniform_until_the_first_refresh():
@@ -236,7 +253,7 @@ def test_jtln_source_head_cost_of_a_new_head_is_uniform_until_the_first_refresh(
 
 
 def test_jtln_source_stage_trains_the_source_head_first_then_builds_the_cost_from_it():
-    for kw, message in (({"ot_on": "both"}, "--ot-on both with --source-stage"), ({}, "--source-stage needs source")):
+    for kw, message in (({"ot_on": "source"}, "--ot-on source with --source-stage"), ({}, "--source-stage needs source")):
         with pytest.raises(UserError, match=message):
             build_method(make_cfg("jtln", source_stage=True, **kw), make_task(source="ot_on" in kw))
     # the source head is new: its relation exists only after the source stage, which builds it
@@ -263,6 +280,43 @@ def test_jtln_source_stage_trains_the_source_head_first_then_builds_the_cost_fro
     resumed.load_state_dict(method.state_dict())
     resumed.on_stage_start(1, ctx)  # a resume inside the JTLN stage keeps the checkpoint's M
     assert torch.equal(resumed.cost, method.cost) and ctx.calls == calls
+
+
+def test_jtln_source_stage_refresh_counts_epochs_of_the_jtln_stage_and_builds_once_at_its_start():
+    epochs = 5
+    method = build_method(make_cfg("jtln", source_stage=True, cost="knn", cost_k=2, cost_refresh=2, epochs=epochs),
+                          make_task())
+    model = make_model()
+    ctx = make_ctx(model)
+    run_setup(method, model, ctx)
+    method.on_stage_start(0, ctx)
+    for epoch in range(1, epochs):
+        method.on_epoch_start(epoch, ctx)
+    assert ctx.calls == []  # the source stage has no M
+    built = []
+    method.on_stage_start(1, ctx)
+    for epoch in range(epochs, 2 * epochs):
+        method.on_epoch_start(epoch, ctx)
+        built.append(len(ctx.calls) // 2)  # two feature passes (target, source) per build
+    # built at the stage start only (not again by its first epoch), then at its epochs 2 and 4
+    assert built == [1, 1, 2, 2, 3]
+
+
+def test_jtln_and_co_tuning_build_their_state_on_the_main_process_only():
+    """Under DDP only rank 0 extracts features and builds M (or the relation); the engine broadcasts it."""
+    for name, kw, stage_built in (("jtln", {"source_stage": True, "cost_refresh": 1}, "cost"),
+                                  ("co_tuning", {}, "relation")):
+        method = build_method(make_cfg(name, epochs=2, **kw), make_task())
+        model = make_model()
+        ctx = make_ctx(model)
+        ctx.is_main = False  # rank 1 of 2
+        run_setup(method, model, ctx)
+        method.on_stage_start(1, ctx)
+        method.on_epoch_start(3, ctx)  # a refresh epoch of the JTLN stage
+        assert ctx.calls == [] and getattr(method, stage_built) is None, name
+        ctx.is_main = True
+        method.on_stage_start(1, ctx)
+        assert ctx.calls and getattr(method, stage_built) is not None, name
 
 
 def test_co_tuning_relation():

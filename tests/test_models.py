@@ -78,7 +78,7 @@ def test_pretrained_file_gives_the_pretrained_head(tmp_path, suffix):
 
 def test_build_model_source_free_uses_pretrained_head(tmp_path):
     path, state = _save_random_model(tmp_path, ".safetensors")
-    cfg = Config(arch="mobilenetv3_small_050", pretrained_file=str(path), source_head_lr=0.0, freeze_bn=True)
+    cfg = Config(arch="mobilenetv3_small_050", pretrained_file=str(path), freeze_bn=True)
     task = SimpleNamespace(source_train=None, source_classes=None, target_classes=["a", "b", "c"],
                            in_chans=3, image_size=32)
     model = build_model(cfg, task)
@@ -95,6 +95,25 @@ def test_build_model_source_free_uses_pretrained_head(tmp_path):
     lrs = {g["name"]: g["lr"] for g in model.get_parameters(0.01)}
     assert lrs == pytest.approx({"backbone": 0.001, "bottleneck": 0.01, "target_head": 0.01, "source_head": 0.01}) \
         or lrs == pytest.approx({"backbone": 0.001, "target_head": 0.01, "source_head": 0.01})
+
+
+def test_a_pretrained_head_is_the_source_head_only_when_its_class_names_are_known_to_agree(monkeypatch):
+    """A head of the source set's size whose class names are unknown (e.g. a weights file's) may score
+    unrelated classes: a new source head is built instead."""
+    import tllib_jtln.models.classifier as classifier
+
+    def backbone_with_a_head(names):
+        backbone = create_backbone("smallcnn", pretrained=False, in_chans=1)
+        backbone.pretrained_head, backbone.pretrained_classes = nn.Linear(backbone.out_features, 2), names
+        return backbone
+
+    task = SimpleNamespace(source_train=[0], source_classes=["x", "y"], target_classes=["a", "b", "c"],
+                           in_chans=1, image_size=28)
+    for names, reused in ((None, False), (["p", "q"], False), (["x", "y"], True)):
+        backbone = backbone_with_a_head(names)
+        monkeypatch.setattr(classifier, "create_backbone", lambda *args, **kwargs: backbone)
+        model = build_model(Config(arch="smallcnn", pretrained=False), task)
+        assert (model.source_head is backbone.pretrained_head) == reused == model.source_head_pretrained, names
 
 
 def test_get_parameters_rates():

@@ -72,11 +72,6 @@ def test_trade_off_is_jtln_ot_weight_and_refused_where_ignored():
     for method in ("erm", "joint", "consecutive"):
         with pytest.raises(UserError, match=f"--method {method} has none"):
             resolve_config({"method": method, "trade_off": 1.0})
-    with pytest.raises(UserError, match="--source-head-lr is used by jtln without source data"):
-        resolve_config({"method": "jtln", "source_head_lr": 0.1})  # the embedded task has source data
-    with pytest.raises(UserError, match="--method co_tuning ignores it"):
-        resolve_config({"method": "co_tuning", "source_head_lr": 0.1, "source_data": "none"})
-    assert resolve_config({"method": "jtln", "source_head_lr": 0.1, "source_data": "none"}).source_head_lr == 0.1
     with pytest.raises(UserError, match="--source-stage is a jtln switch .* --method consecutive"):
         resolve_config({"method": "consecutive", "source_stage": True})
     with pytest.raises(UserError, match="--source-stage is a jtln switch .* without source data"):

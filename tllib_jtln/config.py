@@ -122,18 +122,13 @@ class Config:
     # --- methods
     trade_off: float = _opt(2.3, "weight of the method's regulariser: co_tuning's soft-label loss (TLlib's 2.3), "
                                  "jtln's OT term (= --ot-weight)")
-    source_head_lr: float = _opt(0.0, "source-free jtln: source-head learning rate multiplier (0: frozen)")
 
     # --- JTLN (see the spec: docs/method.md)
     ot_on: str = _opt("target", "which samples feed the OT term; target (the paper's): the source head's "
                                 "prediction p learns on target images; source (beyond the paper): the target "
-                                "head learns on source images; both", choices=("target", "source", "both"))
+                                "head learns on source images", choices=("target", "source"))
     ot_target: str = _opt("prediction", "on target samples, q is the target-head prediction or the smoothed label",
                           choices=("prediction", "label"))
-    ot_source: str = _opt("label", "on source samples (--ot-on source|both), p is the smoothed source label or the "
-                                   "source-head prediction", choices=("label", "prediction"))
-    ot_detach: bool = _opt(True, "detach the distribution that is not constrained (q on target samples, "
-                                 "p on source samples)")
     ot_weight: float = _opt(1.0, "alpha: weight of the OT term")
     ot_eps: float = _opt(0.3, "entropic regularisation on the [0, 1] cost")
     ot_reg: str = _opt("entropy", "entropy: -eps H(P) (Cuturi); kl: eps KL(P || p q^T), which cannot reward "
@@ -146,11 +141,9 @@ class Config:
     cost_k: int = _opt(10, "knn: neighbours per target image")
     cost_index: str = _opt("flat", "knn: FAISS index", choices=("flat", "ivf", "hnsw"))
     cost_nprobe: Optional[int] = _opt(None, "knn with --cost-index ivf: lists visited per query (default ~sqrt(nlist))")
-    cost_metric: str = _opt("cosine", "centroid: distance", choices=("cosine", "euclidean"))
     cost_refresh: int = _opt(0, "rebuild the cost from current features every N epochs (0: never)")
     source_stage: bool = _opt(False, "jtln with source data (beyond the paper): a source stage first (as "
                                      "consecutive's), then JTLN on the target images with M built after it")
-    cost_seed: int = _opt(0, "shuffled: permutation seed")
     semantic_file: Optional[str] = _opt(None, "semantic: class-name embeddings (.json or .csv)")
     cost_normalize: str = _opt("global", "global: max(M) = 1; column: every target column onto [0, 1] "
                                          "(no per-class floor); none: the builder's scale",
@@ -255,7 +248,7 @@ _RANGES = [
     ("lr", 0.0, 10.0), ("lr_gamma", 0.0, 1.0), ("momentum", 0.0, 1.0), ("wd", 0.0, 1.0), ("workers", 0, None),
     ("num_samples_per_class", 1, None), ("val_per_class", 0, None), ("source_per_class", 1, None),
     ("image_size", 8, None), ("bottleneck_dim", 1, None), ("print_freq", 1, None),
-    ("trade_off", 0.0, None), ("source_head_lr", 0.0, None),
+    ("trade_off", 0.0, None),
     ("ot_weight", 0.0, None), ("ot_iters", 1, None), ("ot_tol", 0.0, None), ("ot_smooth", 0.0, 0.5),
     ("cost_k", 1, None), ("cost_refresh", 0, None), ("seed", 0, MAX_SEED), ("data_seed", 0, MAX_SEED),
 ]

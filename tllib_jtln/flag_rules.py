@@ -5,8 +5,8 @@
   ``--trade-off`` and ``--ot-weight`` with different values to ``jtln`` is an error.
 - A flag the chosen method would ignore is an error naming the method that uses it, when the user
   gave it on the command line (defaults and shared suite/YAML settings never trigger it):
-  ``--trade-off`` with ``erm``/``joint``/``consecutive``, ``--source-head-lr`` with anything but
-  ``jtln`` without source data, ``--source-stage`` with anything but ``jtln`` with source data.
+  ``--trade-off`` with ``erm``/``joint``/``consecutive``, ``--source-stage`` with anything but
+  ``jtln`` with source data.
 
 :func:`apply_method_flags` is one stage (rules) of the settings pass, :func:`tllib_jtln.settings.resolve_settings`.
 """
@@ -44,10 +44,6 @@ def apply_method_flags(cfg, explicit: set, command_line: set):
     if "trade_off" in command_line and method not in TRADE_OFF_METHODS:
         raise UserError(f"--trade-off weighs the regulariser of co_tuning or jtln; --method {method} has none "
                         f"(drop --trade-off, or use --method co_tuning/jtln)")
-    if "source_head_lr" in command_line and (method != "jtln" or has_source_data(cfg)):
-        where = "with source data" if method == "jtln" else f"--method {method}"
-        raise UserError(f"--source-head-lr is used by jtln without source data (source-free) only; {where} "
-                        f"ignores it (drop it, or use --method jtln with no --source-data)")
     if "source_stage" in command_line and cfg.source_stage and (method != "jtln" or not has_source_data(cfg)):
         where = "without source data" if method == "jtln" else f"--method {method}"
         raise UserError(f"--source-stage is a jtln switch that needs source images; {where} has no source stage "

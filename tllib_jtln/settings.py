@@ -144,10 +144,12 @@ def _saved_config(log_dir: Path) -> Config:
     """The settings a run saved in ``LOG/config.yaml`` (``--val-split auto`` of older runs resolved)."""
     from .data.val_split import resolve_val_split
     from .engine.logdir import read_config
+    from .retired import drop_retired
 
     saved = read_config(log_dir)
     for key in COMMAND_LINE_ONLY:  # older runs saved `resume: true`: a switch, not a setting
         saved.pop(key, None)
+    saved = drop_retired(saved, str(log_dir / "config.yaml"))  # older runs saved switches since removed
     cfg = Config().update(saved, str(log_dir / "config.yaml"))
     cfg.val_split = resolve_val_split(cfg, embedded=_is_embedded(cfg))
     return cfg

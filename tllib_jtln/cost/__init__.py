@@ -12,7 +12,8 @@ Registered names (``COSTS.names()``): ``knn``, ``centroid``, ``source-head``, ``
 entry exists so that ``tllib-jtln list costs`` shows it).
 """
 from . import builders as _builders  # noqa: F401  (registers the builders)
-from .build import COSTS, FILE_PREFIX, NORMALIZATIONS, CostInputs, build_cost, cost_options, normalize_cost
+from .build import (COSTS, FILE_PREFIX, NORMALIZATIONS, CostInputs, build_cost, cost_options, features_read,
+                    normalize_cost, register_cost)
 from .builders import class_means, pairwise_distance, seeded_derangement
 from .embeddings import load_embeddings
 from .features import collect_features, weights_fingerprint
@@ -21,6 +22,7 @@ from .knn import knn_affinity, knn_search, knn_search_torch, l2_normalize
 
 __all__ = [
     "COSTS", "FILE_PREFIX", "NORMALIZATIONS", "CostInputs", "build_cost", "cost_options", "normalize_cost",
+    "features_read", "register_cost",
     "collect_features", "weights_fingerprint",
     "save_cost", "load_cost_file", "load_embeddings", "plot_cost", "describe_cost", "nearest_sources",
     "knn_search", "knn_search_torch", "knn_affinity", "l2_normalize",

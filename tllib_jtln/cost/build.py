@@ -6,8 +6,10 @@ A cost matrix ``M`` has shape ``(Ks, Kt)``: rows are source classes, columns tar
 column mapped onto ``[0, 1]``; ``none``: the builder's scale). Small cost means "related".
 
 A builder is a function ``builder(inputs: CostInputs) -> Tensor (Ks, Kt)``
-(:mod:`tllib_jtln.cost.inputs`) registered with ``@COSTS.register(name)``; it returns a
-non-negative float matrix and :func:`build_cost` does the checking and the normalisation.
+(:mod:`tllib_jtln.cost.inputs`) registered with ``@register_cost(name, reads=...)``, which says
+which training splits' features it reads (:func:`features_read`: a caller extracts those and no
+others); it returns a non-negative float matrix and :func:`build_cost` does the checking and the
+normalisation.
 ``file:PATH`` is parsed by :func:`build_cost` itself; the registry holds a ``file:PATH`` entry only
 so that ``tllib-jtln list costs`` and the "did you mean" suggestions show it.
 """
@@ -29,6 +31,37 @@ COSTS: Registry[Callable[["CostInputs"], Tensor]] = Registry("costs")
 
 FILE_PREFIX = "file:"
 
+#: The training splits whose features (with labels) a builder may read.
+SPLITS = ("source", "target")
+
+
+def register_cost(name: str, reads: tuple[str, ...] = SPLITS) -> Callable:
+    """Decorator: register a builder in :data:`COSTS` as ``name``, reading the features of the
+    training splits ``reads`` (a subset of :data:`SPLITS`; ``()``: class names and counts only)."""
+    unknown = set(reads) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"register_cost: reads must be a subset of {SPLITS}, got {reads!r}")
+
+    def decorate(builder: Callable) -> Callable:
+        builder.reads = tuple(reads)
+        return COSTS.register(name)(builder)
+
+    return decorate
+
+
+def features_read(name: str, base: str = "knn") -> tuple[str, ...]:
+    """The training splits (``"source"``, ``"target"``) whose features ``build_cost(name, ...)`` reads.
+
+    ``shuffled`` reads what its ``base`` reads; ``file:PATH``, ``semantic`` and ``uniform`` read
+    none, so a caller runs no feature pass for them. An unknown name is a :class:`UserError`.
+    """
+    if name == "shuffled" and base != "shuffled":
+        name = base
+    if name.startswith(FILE_PREFIX):
+        return ()
+    return COSTS.get(name).reads
+
+
 _OPTION_NAMES = [f.name for f in dataclasses.fields(CostInputs)
                  if f.name not in ("source_features", "source_labels", "target_features", "target_labels", "name")]
 
@@ -37,14 +70,13 @@ def cost_options(cfg: Any) -> dict:
     """The ``build_cost`` options held by a :class:`~tllib_jtln.config.Config`.
 
     Class names, counts and ``source_probs`` come from the data and the model, not the config:
-    the caller adds them.
+    the caller adds them. ``metric`` and ``seed`` keep their library defaults (cosine; the
+    ``shuffled`` permutation of seed 0, the same for every run of a suite).
     """
     return {
         "k": cfg.cost_k,
         "index": cfg.cost_index,
         "nprobe": cfg.cost_nprobe,
-        "metric": cfg.cost_metric,
-        "seed": cfg.cost_seed,
         "base": cfg.cost_base,
         "semantic_file": cfg.semantic_file,
         "normalize": cfg.cost_normalize,
@@ -160,4 +192,4 @@ def _file_entry(inputs: CostInputs) -> Tensor:
     raise UserError("cost 'file:PATH' names a file: use e.g. --cost file:cost.npy")
 
 
-COSTS.register("file:PATH")(_file_entry)
+register_cost("file:PATH", reads=())(_file_entry)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .build import COSTS, build_from_inputs
+from .build import build_from_inputs, register_cost
 from .inputs import CostInputs
 from .embeddings import load_embeddings, lookup_embeddings
 from .knn import knn_affinity, knn_search, knn_search_torch, l2_normalize
@@ -98,7 +98,7 @@ def _centroid_columns(inputs: CostInputs, columns: list[int]) -> Tensor:
     return out
 
 
-@COSTS.register("knn")
+@register_cost("knn")
 def knn_cost(inputs: CostInputs) -> Tensor:
     """``1 - A / max(A)``, ``A`` the similarity-weighted k-NN share of source labels per target class."""
     sf, sl, tf, tl = inputs.require_features()
@@ -124,7 +124,7 @@ def knn_cost(inputs: CostInputs) -> Tensor:
     return cost
 
 
-@COSTS.register("centroid")
+@register_cost("centroid")
 def centroid_cost(inputs: CostInputs) -> Tensor:
     """``d(mu_s, mu_t)`` between class means (``metric``: cosine or Euclidean); classes without
     samples get the largest distance, with a warning."""
@@ -146,7 +146,7 @@ def centroid_cost(inputs: CostInputs) -> Tensor:
     return dist
 
 
-@COSTS.register("source-head")
+@register_cost("source-head", reads=("target",))
 def source_head_cost(inputs: CostInputs) -> Tensor:
     """``1 - R / max(R)`` with ``R[s, t]`` the mean source-head softmax over class-``t`` target images."""
     probs = inputs.source_probs
@@ -178,7 +178,7 @@ def source_head_cost(inputs: CostInputs) -> Tensor:
     return cost
 
 
-@COSTS.register("semantic")
+@register_cost("semantic", reads=())
 def semantic_cost(inputs: CostInputs) -> Tensor:
     """``1 - cos(e_s, e_t)`` between class-name embeddings read from ``semantic_file``."""
     if not inputs.semantic_file:
@@ -192,13 +192,13 @@ def semantic_cost(inputs: CostInputs) -> Tensor:
     return pairwise_distance(torch.from_numpy(source), torch.from_numpy(target), "cosine")
 
 
-@COSTS.register("uniform")
+@register_cost("uniform", reads=())
 def uniform_cost(inputs: CostInputs) -> Tensor:
     """The constant cost ``M = 1`` (not neutral: it still penalises confident predictions)."""
     return torch.ones(inputs.ks, inputs.kt)
 
 
-@COSTS.register("shuffled")
+@register_cost("shuffled")
 def shuffled_cost(inputs: CostInputs) -> Tensor:
     """``base`` (default ``knn``) with source rows permuted by :func:`seeded_derangement` (``seed``)."""
     base: Optional[str] = inputs.base

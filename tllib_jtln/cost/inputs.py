@@ -164,7 +164,7 @@ def check_inputs(inp: CostInputs) -> None:
     if inp.index not in ("flat", "ivf", "hnsw", "torch"):
         raise UserError(f"build_cost: index (--cost-index) must be flat, ivf or hnsw, got {inp.index!r}")
     if inp.metric not in ("cosine", "euclidean"):
-        raise UserError(f"build_cost: metric (--cost-metric) must be cosine or euclidean, got {inp.metric!r}")
+        raise UserError(f"build_cost: metric must be cosine or euclidean, got {inp.metric!r}")
     if inp.nprobe is not None and (isinstance(inp.nprobe, bool) or not isinstance(inp.nprobe, int)
                                    or inp.nprobe < 1):
         raise UserError(f"build_cost: nprobe must be a positive integer, got {inp.nprobe!r}")

@@ -28,12 +28,19 @@ class TransferTask:
 
     def eval_view(self, split: str) -> Dataset:
         """``source``/``target`` training images with the evaluation transform (no augmentation):
-        what cost matrices and feature caches should see."""
+        what cost matrices and feature caches should see.
+
+        Raises ``ValueError`` when there is no such split, no ``eval_transform``, or a training set
+        without ``subset(indices, transform)``: the augmented training set is never handed out instead.
+        """
         dataset = {"source": self.source_train, "target": self.target_train}.get(split)
         if dataset is None:
             raise ValueError(f"eval_view: no '{split}' training set (source or target)")
-        if self.eval_transform is None or not hasattr(dataset, "subset"):
-            return dataset
+        if self.eval_transform is None:
+            raise ValueError(f"eval_view('{split}'): the task has no eval_transform; give TransferTask one")
+        if not hasattr(dataset, "subset"):
+            raise ValueError(f"eval_view('{split}'): {type(dataset).__name__} has no subset(indices, transform), "
+                             "so its images cannot be seen without the training augmentation")
         return dataset.subset(range(len(dataset)), self.eval_transform)
 
     @property

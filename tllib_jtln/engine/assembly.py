@@ -107,10 +107,15 @@ def make_feature_fn(parts: Parts, state: dict):
     training set), seen through the evaluation transform (``TransferTask.eval_view``: never an
     augmented view, so two passes over the same weights give the same features). Features are
     the pooled pre-logits ``model.forward_features(x)`` of the current
-    model in eval mode over the whole split (every rank computes the same), memoised per epoch
+    model in eval mode over the whole split (called on the main process: methods build their
+    state there and the engine broadcasts it), memoised per epoch
     (``state["epoch"]``) and, with ``--feature-cache DIR``, cached on disk by
     :func:`tllib_jtln.cost.collect_features` under a key naming the data settings and a hash of the
     weights (so runs that start from the same weights on the same data share the file).
+
+    A pass leaves torch's global RNG (CPU and the run's CUDA device) as it found it: the evaluation
+    loader draws its base seed from it, and a refresh (or a cache hit instead of a pass) must not
+    change the dropout masks of the steps after it, so a run and its control stay paired.
     """
     memo: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
     cfg = parts.cfg
@@ -128,9 +133,11 @@ def make_feature_fn(parts: Parts, state: dict):
             cache_dir = Path(cfg.feature_cache).expanduser() if cfg.feature_cache else None
             cache_key = {"split": split, "view": "eval", "task": parts.task.name, "size": len(dataset), "arch": cfg.arch,
                          **{k: getattr(cfg, k) for k in DATA_KEYS}}
-            feats, labels = collect_features(parts.model.forward_features, eval_loader_of(parts, dataset, shard=False),
-                                             cache_dir=cache_dir if parts.info.is_main and cache_dir else None,
-                                             cache_key=cache_key, progress=cfg.progress and parts.info.is_main)
+            with torch.random.fork_rng(devices=[parts.device] if parts.device.type == "cuda" else []):
+                feats, labels = collect_features(parts.model.forward_features,
+                                                 eval_loader_of(parts, dataset, shard=False),
+                                                 cache_dir=cache_dir if parts.info.is_main and cache_dir else None,
+                                                 cache_key=cache_key, progress=cfg.progress and parts.info.is_main)
             for old in [k for k in memo if k[1] != epoch]:  # keep the current epoch's features only
                 del memo[old]
             memo[key] = (feats, labels)

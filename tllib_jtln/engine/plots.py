@@ -6,9 +6,10 @@ backend switch), so they work on a headless machine and inside DDP rank 0.
 Transport view. For each target class ``j`` it lists the source classes ``i`` that ``j`` draws
 the most mass from, in up to three (Ks, Kt) views, each titled for what it is:
 
-- ``plan``: the mean OT plan that the loss solves (``JTLN.transport_plan``: the mode in use,
-  over the validation images), column ``j`` being the mass target class ``j`` receives from each
-  source class;
+- ``plan``: the mean target-side OT plan over the validation images (``JTLN.transport_plan``:
+  the problem the loss solves under ``--ot-on target``; under ``--ot-on source``, which solves on
+  source images, the same target-side problem as a view), column ``j`` being the mass target
+  class ``j`` receives from each source class;
 - ``posterior``: the mean source-head posterior over the test images of each target class ``j``
   (what the source head predicts on them; no OT involved);
 - ``cost``: the cost matrix ``M``; its view ranks the source classes of column ``j`` by

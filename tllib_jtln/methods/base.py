@@ -118,7 +118,9 @@ class Method:
 
     def on_stage_start(self, index: int, ctx: "SetupContext") -> None:
         """At the start of stage ``index`` of :meth:`stages`, and again when a run resumes inside it (after
-        :meth:`load_state_dict`): keep what the restored state already holds."""
+        :meth:`load_state_dict`): keep what the restored state already holds. Called on every rank;
+        build state (:meth:`state_keys`) on the main process only (``ctx.is_main``): the engine
+        broadcasts it after the hook, as after :meth:`on_epoch_start`."""
 
     def step_stats(self) -> dict[str, float]:
         """Diagnostics of the last :meth:`losses` call (logged as per-epoch means, never optimised)."""
@@ -139,7 +141,8 @@ class Method:
         """Once before training (not needed on resume after :meth:`load_state_dict`). Default: nothing."""
 
     def on_epoch_start(self, epoch: int, ctx: SetupContext) -> None:
-        """At the start of each epoch (0-based). Default: nothing."""
+        """At the start of each epoch (0-based, counted over all stages; stage ``epoch // cfg.epochs``),
+        on every rank (state built on ``ctx.is_main`` only, as in :meth:`on_stage_start`). Default: nothing."""
 
     def losses(self, model: Callable[[Tensor], tuple[Tensor, Tensor]], batch: Any,
                progress: float) -> dict[str, Tensor]:

@@ -21,7 +21,7 @@ relation is computed in ``setup`` and there is one stage. With source data there
 with its own optimizer and full schedule: the source head is first trained by source
 cross-entropy (as many source images as ``joint``), then the relation is computed and the
 co-tuning stage sees as many target images as ``erm``. The source head is always trained
-(rate as TLlib: 0.1x under ``--finetune`` when pretrained); ``--source-head-lr`` is not used.
+(rate as TLlib: 0.1x under ``--finetune`` when pretrained).
 
 Shape: ``relation`` (Kt, Ks); terms ``ce_source`` (first stage) or ``ce_target`` and
 ``co_tuning`` (scalars, the latter already multiplied by ``trade_off``).
@@ -74,7 +74,8 @@ class CoTuning(Method):
     def on_stage_start(self, index: int, ctx: SetupContext) -> None:
         # the source head has been trained: relate the classes now (on a resume inside the stage, the
         # relation comes back with the checkpoint and is kept)
-        if self.uses_source and index == 1 and self.relation is None:
+        # (on the main process: the engine broadcasts it)
+        if self.uses_source and index == 1 and self.relation is None and ctx.is_main:
             self.relation = self.compute_relation(ctx, refresh=True)
 
     def losses(self, model, batch, progress):

@@ -13,16 +13,15 @@ Switches (``Config``):
 
 - ``ot_on``: ``target`` (the default, the paper's: "a constraint on the source classifier"): on
   target images :math:`p = \mathrm{softmax}(h_s(g(x_t)))` learns (gradient into the source head
-  and the trunk) against ``q``, the target head's prediction (detached under ``ot_detach``) or,
-  under ``ot_target=label``, the label. ``source`` (beyond the paper): on source images the roles
-  swap, :math:`q = \mathrm{softmax}(h_t(g(x_s)))` learns and ``p`` is the source label or, under
-  ``ot_source=prediction``, the (detached) source prediction, solved as
-  :math:`W_\varepsilon(q, p; M^\top)`, the same problem transposed. ``both``: the
-  sample-weighted mean of the two.
+  and the trunk) against ``q``, the target head's detached prediction or, under
+  ``ot_target=label``, the label. ``source`` (beyond the paper): on source images the roles swap,
+  :math:`q = \mathrm{softmax}(h_t(g(x_s)))` learns against the source label ``y_s``, solved as
+  :math:`W_\varepsilon(q, y_s; M^\top)`, the same problem transposed.
 - ``ot_reg`` (``entropy`` or ``kl``, see :class:`~tllib_jtln.ot.WassersteinLoss`), ``ot_weight``
   (alpha), ``ot_eps``, ``ot_iters``, ``ot_tol``, ``ot_smooth``; ``cost``, ``cost_normalize`` and
   the other ``cost_*`` options; ``cost_refresh`` (rebuild ``M`` from the current features every N
-  epochs). ``cost=source-head`` with a NEW source head (source data whose classes are not the
+  epochs of the JTLN stage, on the main process). Costs that read no features (``uniform``,
+  ``semantic``, ``file:``) run no feature pass (:func:`~tllib_jtln.cost.features_read`). ``cost=source-head`` with a NEW source head (source data whose classes are not the
   pretraining classes) needs ``cost_refresh``: ``M`` is uniform until the first refresh, then the
   relation of the head trained so far (Co-Tuning's relation, learned jointly).
 - ``source_stage`` (beyond the paper, with source data): two stages as ``co_tuning``'s, each with
@@ -34,7 +33,7 @@ Switches (``Config``):
 
 Source-free: without source data (``task.source_train is None``) and a pretrained source head
 (e.g. ImageNet), the source cross-entropy is absent, the OT term uses target images only and the
-source head learns at ``source_head_lr`` times its rate (0: frozen). The ``knn`` and ``centroid``
+source head is frozen (the pretrained classifier whose classes ``M`` relates). The ``knn`` and ``centroid``
 costs then compare target features with the source head's class prototypes (its weight rows,
 :func:`head_prototypes`) in place of source images.
 
@@ -49,7 +48,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..cost import build_cost, cost_options
+from ..cost import build_cost, cost_options, features_read
 from ..errors import UserError
 from ..regularization import JTLNLoss
 from .base import (SOURCE_STAGE, Method, SetupContext, Stage, cross_entropy, forward_joint, register_method,
@@ -60,8 +59,7 @@ CONVERGED_SHARE = 0.99
 
 
 def check_ot_on(ot_on: str, has_source_data: bool, source_stage: bool = False) -> str:
-    """``ot_on`` itself; ``source`` and ``both`` need source images (and none reach the stage after
-    ``--source-stage``)."""
+    """``ot_on`` itself; ``source`` needs source images (and none reach the stage after ``--source-stage``)."""
     if not has_source_data and ot_on != "target":
         raise UserError(f"--ot-on {ot_on} needs source data; without --source-data use --ot-on target")
     if source_stage and ot_on != "target":
@@ -99,8 +97,7 @@ class JTLN(Method):
                             "--source-data, or drop --source-stage")
         self.ot_on = check_ot_on(cfg.ot_on, self.has_source_data, self.source_stage)
         self.stage = 0
-        self.ot_loss = JTLNLoss(weight=cfg.ot_weight, on=self.ot_on, target_dist=cfg.ot_target,
-                                source_dist=cfg.ot_source, detach=cfg.ot_detach, eps=cfg.ot_eps,
+        self.ot_loss = JTLNLoss(weight=cfg.ot_weight, on=self.ot_on, target_dist=cfg.ot_target, eps=cfg.ot_eps,
                                 max_iter=cfg.ot_iters, tol=cfg.ot_tol, smooth=cfg.ot_smooth, reg=cfg.ot_reg)
         self.cost: Optional[Tensor] = None
 
@@ -108,8 +105,8 @@ class JTLN(Method):
         if getattr(model, "source_head", None) is None:
             raise UserError("--method jtln needs a source head: give --source-data, or a backbone with a pretrained "
                             "classifier (drop --no-pretrained, or give --pretrained-file)")
-        if self.source_free:
-            model.set_source_head_lr(self.cfg.source_head_lr)
+        if self.source_free:  # the pretrained classifier M relates: kept as it is
+            model.set_source_head_lr(0.0)
 
     # ------------------------------------------------------------------ cost matrix
     def build_cost(self, ctx: SetupContext, refresh: bool = False) -> Tensor:
@@ -125,11 +122,12 @@ class JTLN(Method):
                                 "relation to the target classes exists only after training; add --cost-refresh N "
                                 "(a uniform cost until epoch N) or use --cost knn")
             return torch.ones(model.num_source_classes, model.num_target_classes, device=ctx.device)
-        target_features, target_labels = ctx.features("target", refresh=refresh)
-        if self.source_free:
-            source_features, source_labels = head_prototypes(model)
-        else:
-            source_features, source_labels = ctx.features("source", refresh=refresh)
+        reads = features_read(self.cfg.cost, self.cfg.cost_base)  # no feature pass for uniform, semantic, file:
+        target_features, target_labels = ctx.features("target", refresh=refresh) if "target" in reads else (None, None)
+        source_features, source_labels = None, None
+        if "source" in reads:
+            source_features, source_labels = (head_prototypes(model) if self.source_free
+                                              else ctx.features("source", refresh=refresh))
         probs = source_head_probs(model, target_features, ctx.device) if base == "source-head" else None
         options = dict(cost_options(self.cfg))
         options.update(num_source_classes=model.num_source_classes, num_target_classes=model.num_target_classes,
@@ -156,12 +154,21 @@ class JTLN(Method):
         # the source stage has trained the trunk and the source head: relate the classes now (on a
         # resume inside the JTLN stage, M comes back with the checkpoint and is kept)
         if self.source_stage and index == 1 and self.cost is None:
-            self.cost = self.build_cost(ctx, refresh=True)
+            self.rebuild_cost(ctx)
 
     def on_epoch_start(self, epoch: int, ctx: SetupContext) -> None:
+        """``--cost-refresh N``: rebuild ``M`` at epochs N, 2N, ... of the JTLN stage, counted from its
+        start (the stage start itself builds ``M``: setup, or the end of ``--source-stage``'s source stage)."""
         every = self.cfg.cost_refresh
         in_source_stage = self.source_stage and self.stage == 0  # no M there
-        if every > 0 and epoch > 0 and epoch % every == 0 and not in_source_stage:
+        epoch_in_stage = epoch % self.cfg.epochs  # every stage runs --epochs epochs
+        if every > 0 and epoch_in_stage > 0 and epoch_in_stage % every == 0 and not in_source_stage:
+            self.rebuild_cost(ctx)
+
+    def rebuild_cost(self, ctx: SetupContext) -> None:
+        """``M`` from the current features, on the main process only: the engine broadcasts it to the
+        other ranks after the hook (:func:`~tllib_jtln.engine.state.share_method_state`)."""
+        if ctx.is_main:
             self.cost = self.build_cost(ctx, refresh=True)
 
     # ------------------------------------------------------------------ loss
@@ -201,17 +208,18 @@ class JTLN(Method):
 
     def switches(self) -> dict:
         cfg = self.cfg
-        return {"ot_on": self.ot_on, "ot_target": cfg.ot_target, "ot_source": cfg.ot_source,
-                "ot_detach": cfg.ot_detach, "ot_reg": cfg.ot_reg, "ot_weight": cfg.ot_weight, "ot_eps": cfg.ot_eps,
+        return {"ot_on": self.ot_on, "ot_target": cfg.ot_target, "ot_reg": cfg.ot_reg, "ot_weight": cfg.ot_weight,
+                "ot_eps": cfg.ot_eps,
                 "cost": cfg.cost, "cost_base": cfg.cost_base if cfg.cost == "shuffled" else None,
                 "cost_normalize": cfg.cost_normalize, "cost_refresh": cfg.cost_refresh,
                 "source_stage": self.source_stage,
                 "source_free": self.source_free}
 
     def transport_plan(self, source_logits: Tensor, target_logits: Tensor, labels: Tensor) -> Optional[Tensor]:
-        """The mean OT plan ``(Ks, Kt)`` the loss solves (:meth:`JTLNLoss.mean_plan
+        """The mean target-side OT plan ``(Ks, Kt)`` (:meth:`JTLNLoss.mean_plan
         <tllib_jtln.regularization.JTLNLoss.mean_plan>`) on images with logits ``(N, Ks)``, ``(N, Kt)``
-        and target labels ``(N,)`` (the engine passes the validation images)."""
+        and target labels ``(N,)`` (the engine passes the validation images): the problem the loss
+        solves under ``--ot-on target``; under ``--ot-on source`` (which solves on source images) a view."""
         if self.cost is None:
             return None
         return self.ot_loss.mean_plan(self.cost, source_logits, target_logits, labels)

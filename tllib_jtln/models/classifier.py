@@ -157,9 +157,10 @@ class JointClassifier(nn.Module):
 
 # ---------------------------------------------------------------------------------------------
 def _same_classes(names: list[str], pretrained: Optional[list[str]]) -> bool:
-    """Whether the source classes are the pretraining classes (same count; names agree if known)."""
+    """Whether the source classes are the pretraining classes: 90% of the names agree. Unknown
+    pretraining names are not a match (a head of the same size may score unrelated classes)."""
     if pretrained is None:
-        return True
+        return False
     norm = lambda s: str(s).strip().lower().replace("_", " ")  # noqa: E731
     agree = sum(norm(a) == norm(b) or norm(a).split(" (")[0] == norm(b).split(" (")[0]
                 for a, b in zip(names, pretrained))
@@ -170,10 +171,10 @@ def build_model(cfg: Any, task: Any) -> JointClassifier:
     """The :class:`JointClassifier` for a run.
 
     Source head: with source data whose classes are the pretraining classes (same count, names
-    agreeing), or with no source data at all (source-free), the backbone's pretrained classifier;
+    known and agreeing), or with no source data at all (source-free), the backbone's pretrained classifier;
     otherwise a new ``Linear`` over ``len(task.source_classes)`` classes (or none).
-    Source-free runs set the source head's learning-rate multiplier to ``cfg.source_head_lr``
-    (0: frozen). ``cfg.freeze_bn`` keeps the trunk's BatchNorm statistics; ``cfg.channels_last``
+    Source-free, the pretrained source head starts frozen (learning-rate multiplier 0; a method
+    may change it in ``prepare_model``). ``cfg.freeze_bn`` keeps the trunk's BatchNorm statistics; ``cfg.channels_last``
     puts the weights in ``channels_last`` layout (:func:`apply_memory_format`).
     """
     image_size = getattr(task, "image_size", None) or cfg.image_size
@@ -196,7 +197,7 @@ def build_model(cfg: Any, task: Any) -> JointClassifier:
         num_source, names = 0, None
     model = JointClassifier(backbone, num_source, len(task.target_classes), bottleneck_dim=cfg.bottleneck_dim,
                             source_head=head, finetune=cfg.finetune,
-                            source_head_lr=cfg.source_head_lr if source_free else 1.0, source_classes=names)
+                            source_head_lr=0.0 if source_free else 1.0, source_classes=names)
     if cfg.freeze_bn:
         model.freeze_bn()
     return apply_memory_format(model, cfg)

@@ -2,21 +2,20 @@ r"""JTLN's optimal-transport term (Lu, Chen and Saidi, arXiv:1709.02995), as ``d
 
 With :math:`z_s, z_t` the source- and target-head logits of an image, :math:`M` the ``(Ks, Kt)``
 cost matrix and :math:`W_\varepsilon` the entropic Wasserstein loss of
-:class:`~tllib_jtln.ot.WassersteinLoss` (smoothed histograms, Sinkhorn, envelope gradients):
+:class:`~tllib_jtln.ot.WassersteinLoss` (smoothed histograms, Sinkhorn, envelope gradients), the
+term is :math:`L_{\mathrm{ot}} = \alpha\, \mathrm{mean}_x\, W_\varepsilon(\cdot, \cdot)` over the
+images of one side:
 
-.. math::
-    L_{\mathrm{ot}} = \alpha \sum_{\text{side}} \frac{n_{\text{side}}}{n}\,
-        \mathrm{mean}_{x \in \text{side}}\, W_\varepsilon(\cdot, \cdot),
-
-- target side (``on`` = ``target``, the paper's, or ``both``), on target images:
+- ``on='target'`` (the paper's), on target images:
   :math:`W_\varepsilon(\mathrm{softmax}(z_s), q; M)`, where :math:`q` is the target head's
-  prediction :math:`\mathrm{softmax}(z_t)` (detached under ``detach``) or, with
-  ``target_dist='label'``, the label: the source head learns against the target side;
-- source side (``on`` = ``source``, beyond the paper, or ``both``), on source images:
-  :math:`W_\varepsilon(\mathrm{softmax}(z_t), p; M^\top)`, where :math:`p` is the source label or,
-  with ``source_dist='prediction'``, :math:`\mathrm{softmax}(z_s)` (detached under ``detach``).
+  prediction :math:`\mathrm{softmax}(z_t)`, detached, or, with ``target_dist='label'``, the label:
+  only the source head (and the trunk) learns, "a constraint on the source classifier";
+- ``on='source'`` (beyond the paper), on source images:
+  :math:`W_\varepsilon(\mathrm{softmax}(z_t), y_s; M^\top)` against the (smoothed) source label
+  :math:`y_s`: the target head learns from the source images through the cost.
 
-``n_side`` are the images of each side and ``n`` their sum (a sample-weighted mean).
+The defaults are the command line's (:class:`~tllib_jtln.config.Config`: ``ot_weight``,
+``ot_eps``, ...), read from there, so a library user and ``tllib-jtln train`` start from the same term.
 
 Example:
     >>> loss_fn = JTLNLoss(weight=1.0, eps=0.3)
@@ -32,10 +31,14 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..config import Config
 from ..ot import SinkhornResult, WassersteinLoss, sinkhorn, smooth_histogram
 
 #: which images feed the OT term
-OT_ON = ("target", "source", "both")
+OT_ON = ("target", "source")
+
+#: on target images, what ``q`` is
+TARGET_DIST = ("prediction", "label")
 
 #: ``(source_logits (B, Ks), target_logits (B, Kt), labels (B,))`` of one side's images
 Side = tuple[Tensor, Tensor, Tensor]
@@ -45,34 +48,33 @@ class JTLNLoss(nn.Module):
     r"""The OT term :math:`L_{\mathrm{ot}}` of JTLN (see the module docstring).
 
     Args:
-        weight: :math:`\alpha`.
-        on: ``target`` | ``source`` | ``both``: which images feed the term.
-        target_dist: on target images, ``q`` is the target head's ``prediction`` or the ``label``.
-        source_dist: on source images, ``p`` is the source ``label`` or the source head's ``prediction``.
-        detach: detach the prediction on the side that is not constrained.
-        eps, max_iter, tol, smooth, reg: the :class:`~tllib_jtln.ot.WassersteinLoss` of each side.
+        weight: :math:`\alpha` (``--ot-weight``).
+        on: ``target`` | ``source``: which images feed the term (``--ot-on``).
+        target_dist: on target images, ``q`` is the target head's detached ``prediction`` or the
+            ``label`` (``--ot-target``).
+        eps, max_iter, tol, smooth, reg: the :class:`~tllib_jtln.ot.WassersteinLoss` (``--ot-eps``,
+            ``--ot-iters``, ``--ot-tol``, ``--ot-smooth``, ``--ot-reg``).
 
     Shape:
         - cost: ``(Ks, Kt)``
         - target side: ``(source_logits (B_t, Ks), target_logits (B_t, Kt), labels (B_t,))``
-        - source side (optional): ``(source_logits (B_s, Ks), target_logits (B_s, Kt), labels (B_s,))``
-        - output: scalar; NaN, without solving, when any logits are not finite (the caller's
-          non-finite policy decides)
+        - source side (read under ``on='source'``): ``(source_logits (B_s, Ks), target_logits
+          (B_s, Kt), labels (B_s,))``
+        - output: scalar; zero when ``on='source'`` and no source side is given; NaN, without
+          solving, when any logits are not finite (the caller's non-finite policy decides)
 
-    After a call, ``last_results`` holds the :class:`~tllib_jtln.ot.SinkhornResult` of each
-    side that was solved iteratively.
+    After a call, ``last_results`` holds the :class:`~tllib_jtln.ot.SinkhornResult` of the
+    problem when it was solved iteratively.
     """
 
-    def __init__(self, weight: float = 1.0, on: str = "target", target_dist: str = "prediction",
-                 source_dist: str = "label", detach: bool = True, eps: float = 0.1, max_iter: int = 100,
-                 tol: float = 1e-6, smooth: float = 1e-3, reg: str = "entropy"):
+    def __init__(self, weight: float = Config.ot_weight, on: str = Config.ot_on,
+                 target_dist: str = Config.ot_target, eps: float = Config.ot_eps, max_iter: int = Config.ot_iters,
+                 tol: float = Config.ot_tol, smooth: float = Config.ot_smooth, reg: str = Config.ot_reg):
         super().__init__()
-        for name, value, choices in (("on", on, OT_ON), ("target_dist", target_dist, ("prediction", "label")),
-                                     ("source_dist", source_dist, ("label", "prediction"))):
+        for name, value, choices in (("on", on, OT_ON), ("target_dist", target_dist, TARGET_DIST)):
             if value not in choices:
                 raise ValueError(f"{name}: must be one of {', '.join(choices)}, got {value!r}")
-        self.weight, self.on, self.detach = weight, on, detach
-        self.target_dist, self.source_dist = target_dist, source_dist
+        self.weight, self.on, self.target_dist = weight, on, target_dist
         self.ot = WassersteinLoss(eps=eps, max_iter=max_iter, tol=tol, smooth=smooth, reg=reg)
         self.last_results: list[SinkhornResult] = []
 
@@ -83,21 +85,13 @@ class JTLNLoss(nn.Module):
         if not bool(torch.stack([torch.isfinite(x.detach()).all() for x in logits]).all()):  # one host sync
             return torch.full((), float("nan"), device=src_t.device)
         cost = cost.to(src_t.device)
-        parts: list[tuple[Tensor, int]] = []
-        if self.on in ("target", "both"):
-            q = y_t if self.target_dist == "label" else self._free_side(tgt_t)
-            parts.append((self._solve(src_t, q, cost), src_t.shape[0]))
-        if self.on in ("source", "both") and source_side is not None:
-            src_s, tgt_s, y_s = source_side
-            p = y_s if self.source_dist == "label" else self._free_side(src_s)
-            parts.append((self._solve(tgt_s, p, cost.t()), tgt_s.shape[0]))
-        total = sum(n for _, n in parts)
-        return self.weight * sum(value * (n / total) for value, n in parts)
-
-    def _free_side(self, logits: Tensor) -> Tensor:
-        """The distribution on the side that is not constrained: a softmax, detached under ``detach``."""
-        probs = torch.softmax(logits.float(), dim=1)
-        return probs.detach() if self.detach else probs
+        if self.on == "target":
+            q = y_t if self.target_dist == "label" else torch.softmax(tgt_t.float(), dim=1).detach()
+            return self.weight * self._solve(src_t, q, cost)
+        if source_side is None:  # a batch without source images: no term, as a tensor
+            return src_t.new_zeros((), dtype=torch.float32)
+        _, tgt_s, y_s = source_side
+        return self.weight * self._solve(tgt_s, y_s, cost.t())
 
     def _solve(self, logits: Tensor, dist: Tensor, cost: Tensor) -> Tensor:
         value = self.ot(logits, dist, cost)
@@ -108,13 +102,15 @@ class JTLNLoss(nn.Module):
     @torch.no_grad()
     def mean_plan(self, cost: Tensor, source_logits: Tensor, target_logits: Tensor, labels: Tensor,
                   chunk: int = 256) -> Optional[Tensor]:
-        """The mean OT plan ``(Ks, Kt)`` of the target side over images with logits ``(N, Ks)``,
+        """The mean OT plan ``(Ks, Kt)`` of the target-side problem over images with logits ``(N, Ks)``,
         ``(N, Kt)`` and labels ``(N,)`` (None for ``N = 0``).
 
-        ``p`` is the source head's prediction and ``q`` the target-side distribution of the mode in
-        use (the label under ``on='target', target_dist='label'``, else the target head's
-        prediction); the plan of each image sums to 1, so the mean says which source classes each
-        target class draws its mass from.
+        ``p`` is the source head's prediction and ``q`` the label under ``on='target',
+        target_dist='label'``, else the target head's prediction. Under ``on='target'`` this is the
+        problem the loss solves; under ``on='source'`` the loss solves on source images against
+        their labels, and this plan is a view of how the two heads relate on these images, not the
+        problem optimised. The plan of each image sums to 1, so the mean says which source classes
+        each target class draws its mass from.
         """
         if source_logits.shape[0] == 0:
             return None
@@ -133,5 +129,4 @@ class JTLNLoss(nn.Module):
         return (sum(plans) / p.shape[0]).float().cpu()
 
     def extra_repr(self) -> str:
-        return (f"weight={self.weight}, on={self.on!r}, target_dist={self.target_dist!r}, "
-                f"source_dist={self.source_dist!r}, detach={self.detach}")
+        return f"weight={self.weight}, on={self.on!r}, target_dist={self.target_dist!r}"
