@@ -324,12 +324,12 @@ def test_a_feature_pass_leaves_the_global_rng_untouched(tmp_path):
 def test_a_run_saved_before_switches_were_removed_reads_back_unless_it_used_one(tmp_path):
     """A config.yaml written before --ot-detach, --ot-source, --cost-metric, --cost-seed and
     --source-head-lr were removed still loads (test --log, --resume) when it holds the behaviour kept."""
-    from tllib_jtln.engine.run import _saved_config
+    from tllib_jtln.settings import _saved_config
 
-    old = {**Config().to_dict(), "ot_detach": True, "ot_source": "label", "cost_metric": "cosine", "cost_seed": 0,
+    old = {**Config().to_dict(), "data": "CUB200", "val_split": "train", "ot_detach": True, "ot_source": "label", "cost_metric": "cosine", "cost_seed": 0,
            "source_head_lr": 0.0}
     write_config(old, tmp_path)
-    assert _saved_config(tmp_path) == Config()
+    assert _saved_config(tmp_path) == Config(data="CUB200", val_split="train")
     write_config({**old, "ot_detach": False}, tmp_path)
     with pytest.raises(UserError, match="'ot_detach: False' was removed"):
         _saved_config(tmp_path)
