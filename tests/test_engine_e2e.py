@@ -142,7 +142,12 @@ def test_jtln_summary_records_resolved_switches_and_sinkhorn_health(data_root, t
     assert s["switches"]["cost_normalize"] == "column"
     records = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["ot_converged"] == 1.0 and 1 <= r["ot_iters"] <= 100 for r in records)
-    assert "warning: Sinkhorn" not in capsys.readouterr().err
+    # the OT term's two parts, per epoch: means over the same steps as train_ot, so they sum to it
+    assert all(r["ot_transport"] + r["ot_reg_term"] == pytest.approx(r["train_ot"], abs=1e-6) for r in records)
+    assert all(r["ot_reg_term"] >= -1e-9 for r in records)  # eps KL >= 0 under --ot-reg kl
+    captured = capsys.readouterr()
+    assert "warning: Sinkhorn" not in captured.err
+    assert captured.out.count(", ot_transport ") == len(records) and captured.out.count(", ot_reg_term ") == len(records)
     # a budget too small to converge: said once, naming the flags to raise
     train_from_flags(tiny_flags(data_root, tmp_path / "b", method="jtln", ot_iters=1, ot_tol=0.0, ot_eps=0.01))
     records = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]

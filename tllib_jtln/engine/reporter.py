@@ -13,6 +13,9 @@ from pathlib import Path
 
 from .logdir import MetricsLog, loss_keys
 
+#: the ``ot`` term's two parts (``methods.JTLN.step_stats``), shown after the loss terms
+OT_PARTS = ("ot_transport", "ot_reg_term")
+
 
 class ProgressBar:
     """tqdm on the main process (when ``--progress``), TLlib-style lines every ``print_freq`` otherwise."""
@@ -87,6 +90,7 @@ class Reporter:
             return
         terms_text = ", ".join(f"{k.removeprefix('train_')} {record[k]:.4f}" for k in loss_keys(record)
                                if k != "train_loss")
+        terms_text += "".join(f", {k} {record[k]:.4f}" for k in OT_PARTS if k in record)
         val = (f", val top-1 {100 * record['val_top1']:.2f}%, mean class {100 * record['val_mean_class_acc']:.2f}%"
                if "val_top1" in record else f" (stage '{record['stage']}', not validated)")
         print(f"epoch {record['epoch']}/{self.total_epochs}: loss {record.get('train_loss', float('nan')):.4f}"

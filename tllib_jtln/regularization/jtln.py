@@ -60,7 +60,11 @@ class JTLNLoss(nn.Module):
           non-finite policy decides)
 
     After a call, ``last_results`` holds the :class:`~tllib_jtln.ot.SinkhornResult` of each
-    side that was solved iteratively.
+    side that was solved iteratively, and ``last_parts`` the output split into its two parts
+    (detached scalars, weighted as the output, so they sum to it): ``ot_transport``, :math:`\alpha
+    \sum_{\text{side}} \frac{n_{\text{side}}}{n} \mathrm{mean}\,\langle P, M\rangle`, and
+    ``ot_reg_term``, the same mean of the regulariser, :math:`-\varepsilon H(P)` (``entropy``) or
+    :math:`\varepsilon\,\mathrm{KL}(P \,\|\, p q^\top)` (``kl``); empty when nothing was solved.
     """
 
     def __init__(self, weight: float = 1.0, on: str = "target", target_dist: str = "prediction",
@@ -75,35 +79,40 @@ class JTLNLoss(nn.Module):
         self.target_dist, self.source_dist = target_dist, source_dist
         self.ot = WassersteinLoss(eps=eps, max_iter=max_iter, tol=tol, smooth=smooth, reg=reg)
         self.last_results: list[SinkhornResult] = []
+        self.last_parts: dict[str, Tensor] = {}
 
     def forward(self, cost: Tensor, target_side: Side, source_side: Optional[Side] = None) -> Tensor:
-        self.last_results = []
+        self.last_results, self.last_parts = [], {}
         src_t, tgt_t, y_t = target_side
         logits = [src_t, tgt_t, *(source_side[:2] if source_side is not None else ())]
         if not bool(torch.stack([torch.isfinite(x.detach()).all() for x in logits]).all()):  # one host sync
             return torch.full((), float("nan"), device=src_t.device)
         cost = cost.to(src_t.device)
-        parts: list[tuple[Tensor, int]] = []
+        parts: list[tuple[Tensor, Tensor, int]] = []  # (value, transport part, images) of each side
         if self.on in ("target", "both"):
             q = y_t if self.target_dist == "label" else self._free_side(tgt_t)
-            parts.append((self._solve(src_t, q, cost), src_t.shape[0]))
+            parts.append((*self._solve(src_t, q, cost), src_t.shape[0]))
         if self.on in ("source", "both") and source_side is not None:
             src_s, tgt_s, y_s = source_side
             p = y_s if self.source_dist == "label" else self._free_side(src_s)
-            parts.append((self._solve(tgt_s, p, cost.t()), tgt_s.shape[0]))
-        total = sum(n for _, n in parts)
-        return self.weight * sum(value * (n / total) for value, n in parts)
+            parts.append((*self._solve(tgt_s, p, cost.t()), tgt_s.shape[0]))
+        total = sum(n for *_, n in parts)
+        value = self.weight * sum(value * (n / total) for value, _, n in parts)
+        transport = self.weight * sum(part * (n / total) for _, part, n in parts)
+        self.last_parts = {"ot_transport": transport, "ot_reg_term": value.detach() - transport}
+        return value
 
     def _free_side(self, logits: Tensor) -> Tensor:
         """The distribution on the side that is not constrained: a softmax, detached under ``detach``."""
         probs = torch.softmax(logits.float(), dim=1)
         return probs.detach() if self.detach else probs
 
-    def _solve(self, logits: Tensor, dist: Tensor, cost: Tensor) -> Tensor:
+    def _solve(self, logits: Tensor, dist: Tensor, cost: Tensor) -> tuple[Tensor, Tensor]:
+        """The side's mean OT value and its mean transport part ``<P, M>`` (detached)."""
         value = self.ot(logits, dist, cost)
         if self.ot.last_result is not None:
             self.last_results.append(self.ot.last_result)
-        return value
+        return value, self.ot.last_transport.mean().to(value.dtype)
 
     @torch.no_grad()
     def mean_plan(self, cost: Tensor, source_logits: Tensor, target_logits: Tensor, labels: Tensor,
