@@ -49,7 +49,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..cost import build_cost, cost_options
+from ..cost import build_cost, cost_options, uses_features
 from ..errors import UserError
 from ..regularization import JTLNLoss
 from .base import (SOURCE_STAGE, Method, SetupContext, Stage, cross_entropy, forward_joint, register_method,
@@ -125,11 +125,13 @@ class JTLN(Method):
                                 "relation to the target classes exists only after training; add --cost-refresh N "
                                 "(a uniform cost until epoch N) or use --cost knn")
             return torch.ones(model.num_source_classes, model.num_target_classes, device=ctx.device)
-        target_features, target_labels = ctx.features("target", refresh=refresh)
-        if self.source_free:
-            source_features, source_labels = head_prototypes(model)
-        else:
-            source_features, source_labels = ctx.features("source", refresh=refresh)
+        target_features = target_labels = source_features = source_labels = None
+        if uses_features(self.cfg.cost, self.cfg.cost_base):  # class names and files need no image forwarded
+            target_features, target_labels = ctx.features("target", refresh=refresh)
+            if self.source_free:
+                source_features, source_labels = head_prototypes(model)
+            else:
+                source_features, source_labels = ctx.features("source", refresh=refresh)
         probs = source_head_probs(model, target_features, ctx.device) if base == "source-head" else None
         options = dict(cost_options(self.cfg))
         options.update(num_source_classes=model.num_source_classes, num_target_classes=model.num_target_classes,
