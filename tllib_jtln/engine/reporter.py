@@ -99,9 +99,10 @@ class Reporter:
 
     def finished(self, summary: dict, best: dict, wall: float, log_dir: Path) -> None:
         """The closing lines: the best epoch, its test accuracies and where the log is."""
-        self.say(f"best epoch {best['epoch']}: val top-1 {100 * best['val_top1']:.2f}%; "
-                 f"test top-1 {100 * summary['test_top1']:.2f}%, mean class "
-                 f"{100 * summary['test_mean_class_acc']:.2f}% ({summary['test_images']} images); "
+        test = ("test skipped (--skip-test)" if summary["test_skipped"] else
+                f"test top-1 {100 * summary['test_top1']:.2f}%, mean class "
+                f"{100 * summary['test_mean_class_acc']:.2f}% ({summary['test_images']} images)")
+        self.say(f"best epoch {best['epoch']}: val top-1 {100 * best['val_top1']:.2f}%; {test}; "
                  f"{wall:.1f}s; log: {log_dir}")
         if summary["skipped_images"]:
             self.say(f"skipped {summary['skipped_images']} bad images (--skip-bad-images); each is named above")
