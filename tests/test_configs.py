@@ -18,5 +18,6 @@ def test_recipe_keys_and_values_are_valid(path):
 def test_suite_files_are_valid(path):
     suite = load_suite(path)
     runs = expand_runs(suite)
-    assert len(runs) == len(suite["settings"]) * len(suite["methods"]) * len(suite["seeds"])
+    splits = len(suite.get("splits") or [None])
+    assert len(runs) == len(suite["settings"]) * len(suite["methods"]) * splits * len(suite["seeds"])
     assert len(suite["seeds"]) >= 3
