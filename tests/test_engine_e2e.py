@@ -160,6 +160,21 @@ def test_jtln_summary_records_resolved_switches_and_sinkhorn_health(data_root, t
     assert "# posterior: mean source-head posterior (test images)" in text
 
 
+@pytest.mark.parametrize("method", ["joint", "jtln"])
+def test_skip_test_leaves_out_the_test_pass_and_says_so(method, data_root, tmp_path, capsys):
+    """--skip-test (selection runs): no test figures, validation kept, the closing line says so;
+    a method without an OT plan (joint) has then no transport view to draw, and that is no error."""
+    log = tmp_path / method
+    assert train_from_flags(tiny_flags(data_root, log, method=method, skip_test=True)) == 0
+    s = _summary(log)
+    assert s["test_skipped"] is True and s["test_top1"] is None and s["test_per_class"] is None
+    assert _is_fraction(s["val_top1"]) and s["target_val_size"] > 0
+    assert "test skipped (--skip-test)" in capsys.readouterr().out
+    assert (log / "transport.txt").exists() == (method == "jtln")  # jtln: its plan on validation and the cost
+    with pytest.raises(UserError, match="--skip-test with --val-split none"):
+        train_from_flags(tiny_flags(data_root, tmp_path / "none", method=method, skip_test=True, val_split="none"))
+
+
 def test_features_for_costs_come_from_the_evaluation_view(data_root, tmp_path):
     """Two builds from the same weights give identical features and an identical cost, through the
     engine's own feature path; the augmented training view would not."""

@@ -47,8 +47,9 @@ def finish(parts: Parts, state: TrainState, reporter: Reporter) -> dict:
             cost = artifacts.get("cost")
             if cost is not None and tuple(cost.shape) != (ks, len(task.target_classes)):
                 cost = None
-            save_transport(log_dir, source_names, task.target_classes, plan=plan,
-                           posterior=result.source_mass if result is not None else None, cost=cost)
+            views = {"plan": plan, "posterior": result.source_mass if result is not None else None, "cost": cost}
+            if any(view is not None for view in views.values()):  # --skip-test: no posterior, maybe nothing
+                save_transport(log_dir, source_names, task.target_classes, **views)
         plot_curves(reporter.metrics.read(), log_dir / "curves.png")
         write_summary(summary, log_dir)
         reporter.finished(summary, best, wall, log_dir)
