@@ -9,6 +9,7 @@ import yaml
 
 from tllib_jtln.bench.report import (collect_results, k_of_settings, mean_std, plot_accuracy_vs_k, render_pairs,
                                      render_switches, render_table, row_style, write_report)
+from tllib_jtln.bench.paired import paired_stats
 from tllib_jtln.bench.suite import expand_runs, load_suite, run_one, select_runs
 from tllib_jtln.errors import UserError
 
@@ -93,12 +94,13 @@ def test_tables_show_mean_and_sample_std_and_paired_wins(suite, tmp_path):
     assert "| erm | 60.0 ± 10.0 | 60.0 ± 10.0 |" in table
     assert "| jtln | 66.7 ± 11.5 |" in table
     pairs = render_pairs(suite, records)
-    assert "+6.7 ± 5.8 (2/3 wins)" in pairs and "+0.0 ± 0.0 (0/3 wins)" in pairs
+    # differences 10, 0, 10 points: mean 6.7, sd 5.8, t(0.975, 2) = 4.303 -> +- 14.3; t = 2.0 -> p = 0.18
+    assert "+6.7 [-7.7, +21.0] p=0.18 (2/3 wins)" in pairs and "+0.0 [+0.0, +0.0] p n/a (0/3 wins)" in pairs
     md = write_report(suite, records, tmp_path, "suite.yaml").read_text()
     assert "Runs finished: 12/12" in md and "test mean-class acc" in md
     assert "| erm | 40.0 ± 10.0 | 40.0 ± 10.0 |" in md  # the validation table (1 - top1)
     val_pairs = md.split("paired differences, validation top-1")[1]
-    assert "-6.7 ± 5.8 (0/3 wins)" in val_pairs  # validation = 1 - test here, so the signs flip
+    assert "-6.7 [-21.0, +7.7] p=0.18 (0/3 wins)" in val_pairs  # validation = 1 - test here, so the signs flip
 
 
 def test_missing_seeds_are_marked_and_finished_runs_are_skipped(suite, tmp_path):
@@ -193,3 +195,83 @@ def test_rows_of_the_accuracy_picture_look_different_beyond_the_colour_cycle():
     styles = [tuple(sorted(row_style(index).items())) for index in range(30)]
     assert len(set(styles)) == 30  # a 15-row suite no longer draws two rows alike
     assert row_style(0)["color"] == row_style(10)["color"] and row_style(0) != row_style(10)
+
+
+def test_paired_interval_and_p_value_match_the_direct_formulas():
+    """Differences 1, 2, 3, 4 points: mean 2.5, sd sqrt(5/3); the 95% interval is mean +- t(0.975, 3)
+    sd / sqrt(4) with t(0.975, 3) = 3.182446 (the t table), and the paired t statistic
+    2.5 / (sd / 2) = 3.873 on 3 degrees of freedom has two-sided p = 0.0305."""
+    b = [0.50, 0.40, 0.30, 0.60]
+    a = [x + d / 100 for x, d in zip(b, (1, 2, 3, 4))]
+    st = paired_stats(a, b)
+    sd = (5 / 3) ** 0.5
+    assert st.n == 4 and st.wins == 4 and st.mean == pytest.approx(2.5)
+    assert st.low == pytest.approx(2.5 - 3.182446 * sd / 2, abs=1e-5)
+    assert st.high == pytest.approx(2.5 + 3.182446 * sd / 2, abs=1e-5)
+    assert st.p_value == pytest.approx(0.0305, abs=5e-4)
+    one = paired_stats([0.7], [0.5])
+    assert (one.mean, one.low, one.high, one.p_value, one.wins) == (pytest.approx(20.0), pytest.approx(20.0),
+                                                                     pytest.approx(20.0), None, 1)
+    with pytest.raises(ValueError, match="same number"):
+        paired_stats([0.1], [])
+
+
+SPLIT_SUITE = SUITE + "splits: [random:0, random:3]\n"
+
+
+def test_splits_are_a_factor_like_the_seeds_and_pair_by_split_and_seed(tmp_path):
+    path = tmp_path / "suite.yaml"
+    path.write_text(SPLIT_SUITE)
+    suite = load_suite(path)
+    runs = expand_runs(suite)
+    assert len(runs) == 2 * 2 * 2 * 3
+    run = next(r for r in runs if r.name == "K5/jtln/random_3/seed1")
+    assert run.split == "random:3" and run.settings["class_split"] == "random:3"
+    # the same seed on two splits: two units; jtln beats erm by 10 points on random:3 only
+    for run in runs:
+        folder = tmp_path / run.name
+        folder.mkdir(parents=True)
+        top1 = 0.5 + 0.1 * run.seed / 2 + (0.1 if run.row == "jtln" and run.split == "random:3" else 0.0)
+        (folder / "summary.json").write_text(json.dumps({"test_top1": top1, "test_mean_class_acc": top1,
+                                                         "val_top1": top1}))
+    records = collect_results(suite, runs, tmp_path)
+    assert "| erm | 55.0 ± 4.5 | 55.0 ± 4.5 |" in render_table(suite, records, "test_top1")  # 6 units each
+    assert "(3/6 wins)" in render_pairs(suite, records)
+    md = write_report(suite, records, tmp_path, "suite.yaml").read_text()
+    assert "2 class splits x seeds [0, 1, 2] (6 units)" in md and "same class split and seed" in md
+    for text, needle in ((SUITE + "splits: random:0\n", "'splits' must be a non-empty list"),
+                         (SUITE + "splits: [random:0, random:0]\n", "names a class split twice"),
+                         (SUITE + "splits: [random:x]\n", "--class-split random:x: expected"),
+                         (SPLIT_SUITE.replace("erm: {method: erm}", "erm: {method: erm, class_split: random:1}"),
+                          "erm sets class_split too")):
+        path.write_text(text)
+        with pytest.raises(UserError, match=needle):
+            load_suite(path)
+
+
+def test_forest_plot_has_one_panel_per_k_above_the_tables(suite, tmp_path):
+    from PIL import Image
+
+    values = {(row, s): [0.5, 0.6, 0.7] for row in ("erm", "jtln") for s in ("K1", "K5")}
+    values[("jtln", "K5")] = [0.6, 0.65, 0.8]
+    _fake_summaries(suite, tmp_path, values)
+    records = collect_results(suite, expand_runs(suite), tmp_path)
+    md = write_report(suite, records, tmp_path, "suite.yaml").read_text()
+    forest = tmp_path / "paired_demo.png"
+    assert forest.is_file() and forest.stat().st_size > 5000
+    assert Image.open(forest).text["Panels"] == "K = 1 (3 units); K = 5 (3 units)"
+    assert md.index("paired_demo.png") < md.index("**test top-1**") < md.index("accuracy_vs_k_demo.png")
+
+
+def test_a_suite_of_skip_test_runs_is_reported_on_validation_alone(suite, tmp_path):
+    for run in expand_runs(suite):
+        folder = tmp_path / run.name
+        folder.mkdir(parents=True)
+        val = 0.5 + 0.1 * run.seed + (0.05 if run.row == "jtln" else 0.0)
+        (folder / "summary.json").write_text(json.dumps({"test_top1": None, "test_mean_class_acc": None,
+                                                         "val_top1": val, "test_skipped": True}))
+    md = write_report(suite, collect_results(suite, expand_runs(suite), tmp_path), tmp_path, "suite.yaml").read_text()
+    assert "target VALIDATION accuracy" in md and "12 runs skipped the test pass" in md
+    assert "**test top-1**" not in md and "paired differences, test top-1" not in md
+    assert "| erm | 60.0 ± 10.0 | 60.0 ± 10.0 |" in md and "+5.0 [+5.0, +5.0] p n/a (3/3 wins)" in md
+    assert (tmp_path / "paired_demo.png").is_file() and "validation top-1 against K" in md

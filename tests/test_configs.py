@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from tllib_jtln.bench.suite import expand_runs, load_suite
+from tllib_jtln.bench.suite import check_runs, expand_runs, load_suite
 from tllib_jtln.config import Config, load_yaml
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -18,5 +18,41 @@ def test_recipe_keys_and_values_are_valid(path):
 def test_suite_files_are_valid(path):
     suite = load_suite(path)
     runs = expand_runs(suite)
-    assert len(runs) == len(suite["settings"]) * len(suite["methods"]) * len(suite["seeds"])
-    assert len(suite["seeds"]) >= 3
+    splits = len(suite.get("splits") or [None])
+    assert len(runs) == len(suite["settings"]) * len(suite["methods"]) * splits * len(suite["seeds"])
+    assert len(suite["seeds"]) * splits >= 3  # paired units: class splits x seeds
+
+
+#: issue 24's selection suites and the evaluation suites whose TUNED placeholders they fill
+SELECTION = {"select_pretrained_joint.yaml": "powered_pretrained_joint.yaml",
+             "select_fashion_mnist.yaml": "powered_fashion_mnist.yaml"}
+
+
+@pytest.mark.parametrize("select_file, powered_file", SELECTION.items())
+def test_selection_is_on_validation_with_splits_and_seeds_disjoint_from_the_evaluation(select_file, powered_file,
+                                                                                      tmp_path):
+    select, powered = load_suite(CONFIGS / "suite" / select_file), load_suite(CONFIGS / "suite" / powered_file)
+    assert select["base"]["skip_test"] is True and select["base"]["val_per_class"] == 100
+    assert not set(select["splits"]) & set(powered["splits"]) and not set(select["seeds"]) & set(powered["seeds"])
+    assert len(powered["splits"]) >= 10 and len(powered["seeds"]) >= 2
+    assert sorted(k["num_samples_per_class"] for k in powered["settings"].values()) == [1, 2, 5]
+    # the JTLN grid of the issue, stage 1 (eps x reg at weight 1) for both JTLN families
+    for family in ("jtln", "jtln-source"):
+        for eps in (0.01, 0.03, 0.1, 0.3):
+            for reg in ("entropy", "kl"):
+                row = select["methods"][f"{family}-e{eps}-{reg}"]
+                assert (row["ot_eps"], row["ot_reg"], row["ot_weight"]) == (eps, reg, 1.0)
+        assert sorted(select["methods"][f"{family}-w{w}"]["ot_weight"] for w in ("0.1", "0.3", "3")) == [0.1, 0.3, 3.0]
+    rows = powered["methods"]
+    assert set(rows) == {"erm", "consecutive", "joint", "co_tuning", "jtln", "jtln-uniform", "jtln-shuffled",
+                         "jtln-source", "jtln-taxonomy", "jtln-taxonomy-shuffled"}
+    tuned = {k: rows["jtln"][k] for k in ("ot_eps", "ot_weight", "ot_reg")}
+    for control in ("jtln-uniform", "jtln-shuffled", "jtln-taxonomy", "jtln-taxonomy-shuffled"):
+        assert {k: rows[control][k] for k in tuned} == tuned  # the controls at jtln's tuned settings
+    assert rows["jtln-taxonomy-shuffled"]["cost_base"] == rows["jtln-taxonomy"]["cost"]
+    assert (CONFIGS.parent / rows["jtln-taxonomy"]["cost"].removeprefix("taxonomy:")).is_file()
+    for baseline in ("consecutive", "co_tuning", "joint", "jtln-uniform", "jtln-shuffled"):
+        assert ["jtln", baseline] in powered["pairs"]
+    assert ["jtln-taxonomy", "jtln-taxonomy-shuffled"] in powered["pairs"]
+    for suite in (select, powered):  # every run resolves as `train` would (what --dry-run checks)
+        check_runs(expand_runs(suite), suite["name"], tmp_path)

@@ -1,5 +1,6 @@
 """The registered cost builders and build_cost's contract."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +22,8 @@ def clustered(seed=0):
 
 
 def test_registry_lists_every_cost():
-    assert set(COSTS.names()) == {"knn", "centroid", "source-head", "semantic", "uniform", "shuffled", "file:PATH"}
+    assert set(COSTS.names()) == {"knn", "centroid", "source-head", "semantic", "uniform", "shuffled", "file:PATH",
+                                 "taxonomy:FILE"}
 
 
 def test_each_cost_says_which_features_it_reads():
@@ -152,3 +154,88 @@ def test_cost_options_from_config():
                                  "normalize": "none"}
     sf, sl, tf, tl, _ = clustered()
     build_cost("centroid", sf, sl, tf, tl, **cost_options(Config()))  # every option is accepted
+
+
+# ----------------------------------------------------------------------------- taxonomy:FILE
+SMALL_TREE = """\
+animals:
+  pets: [cat, dog]
+  farm:
+    - cow
+    - {poultry: [hen]}
+plants: tree
+rock:
+"""
+
+
+def test_taxonomy_cost_is_the_tree_distance_over_the_largest_by_hand(tmp_path):
+    """Paths from the root: cat (animals, pets, cat), dog (animals, pets, dog), cow (animals, farm,
+    cow), hen (animals, farm, poultry, hen), tree (plants, tree), rock (rock). Edges between leaves:
+    cat-dog 2, cat-cow 4, cat-tree 5, hen-cow 3, hen-tree 6, rock-tree 3, rock-dog 4: the largest is
+    hen-tree's 6 (a match ignores case: 'Tree' is tree)."""
+    from tllib_jtln.cost import load_taxonomy, taxonomy_cost, tree_distance
+
+    path = tmp_path / "tree.yaml"
+    path.write_text(SMALL_TREE)
+    assert load_taxonomy(path)["hen"] == ("animals", "farm", "poultry", "hen")
+    assert load_taxonomy(path)["rock"] == ("rock",)
+    assert tree_distance(("a", "b", "c"), ("a", "b", "c")) == 0
+    # rows cat, hen, rock; columns dog, cow, tree
+    expected = torch.tensor([[2.0, 4.0, 5.0], [5.0, 3.0, 6.0], [4.0, 4.0, 3.0]]) / 6
+    torch.testing.assert_close(taxonomy_cost(path, ["cat", "hen", "rock"], ["dog", "tree", "Tree"]).float(),
+                               torch.tensor([[2.0, 5.0, 5.0], [5.0, 6.0, 6.0], [4.0, 3.0, 3.0]]) / 6)
+    cost = build_cost(f"taxonomy:{path}", source_classes=["cat", "hen", "rock"], target_classes=["dog", "cow", "tree"],
+                      normalize="none")
+    torch.testing.assert_close(cost, expected)
+    # --cost-normalize applies as to every cost: global makes the split's largest entry 1
+    torch.testing.assert_close(build_cost(f"taxonomy:{path}", source_classes=["cat", "hen", "rock"],
+                                          target_classes=["dog", "cow", "tree"]), expected / expected.max())
+
+
+def test_taxonomy_file_problems_are_one_line_errors(tmp_path):
+    path = tmp_path / "tree.yaml"
+    path.write_text(SMALL_TREE)
+    for source, target, message in ((["cat"], ["horse"], "target class 'horse' is not in the file"),
+                                    (["Dgo"], ["cat"], "did you mean 'dog'")):
+        with pytest.raises(UserError, match=message) as info:
+            build_cost(f"taxonomy:{path}", source_classes=source, target_classes=target)
+        assert "\n" not in str(info.value)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("a: [x, y]\nb: [x]\n")
+    with pytest.raises(UserError, match="class 'x' is named twice"):
+        build_cost(f"taxonomy:{twice}", source_classes=["x"], target_classes=["y"])
+    bad_leaf = tmp_path / "number.yaml"
+    bad_leaf.write_text("a: [x, 3]\n")
+    with pytest.raises(UserError, match="leaf 3 under a is not a class name"):
+        build_cost(f"taxonomy:{bad_leaf}", source_classes=["x"], target_classes=["y"])
+    with pytest.raises(UserError, match="file not found"):
+        build_cost(f"taxonomy:{tmp_path / 'missing.yaml'}", source_classes=["x"], target_classes=["y"])
+    with pytest.raises(UserError, match="needs a hierarchy file"):
+        build_cost("taxonomy:", source_classes=["x"], target_classes=["y"])
+
+
+FASHION_TAXONOMY = Path(__file__).resolve().parents[1] / "configs" / "taxonomy" / "fashion_mnist.yaml"
+
+
+def test_shipped_fashion_mnist_taxonomy_serves_every_class_split():
+    """Any partition of the ten classes gets the sub-matrix of one 10 x 10 distance table (a cost
+    that does not depend on the split), with values 1/3 (one group), 2/3 (one department) or 1;
+    its shuffled control permutes the source rows."""
+    from tllib_jtln.data.fashion_mnist import CLASSES, random_class_split
+
+    full = build_cost(f"taxonomy:{FASHION_TAXONOMY}", source_classes=list(CLASSES), target_classes=list(CLASSES),
+                      normalize="none")
+    assert set(torch.round(full * 3).unique().tolist()) == {0.0, 1.0, 2.0, 3.0}
+    name = {c: i for i, c in enumerate(CLASSES)}
+    assert full[name["Shirt"], name["T-shirt/top"]] == pytest.approx(1 / 3)
+    assert full[name["Sandal"], name["Sneaker"]] == pytest.approx(2 / 3)
+    assert full[name["Bag"], name["Dress"]] == pytest.approx(1.0)
+    for index in range(5):
+        source, target = random_class_split(index)
+        s_names, t_names = [CLASSES[i] for i in source], [CLASSES[i] for i in target]
+        cost = build_cost(f"taxonomy:{FASHION_TAXONOMY}", source_classes=s_names, target_classes=t_names,
+                          normalize="none")
+        torch.testing.assert_close(cost, full[list(source)][:, list(target)])
+        shuffled = build_cost("shuffled", base=f"taxonomy:{FASHION_TAXONOMY}", source_classes=s_names,
+                              target_classes=t_names, normalize="none", seed=3)
+        torch.testing.assert_close(shuffled, cost[seeded_derangement(len(source), 3)])

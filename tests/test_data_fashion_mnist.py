@@ -1,6 +1,7 @@
 """The embedded Fashion-MNIST task: documented classes and sizes, seeded K-shot draws, lookup order."""
 import collections
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,6 +143,68 @@ def test_class_split_by_name_default_one_side_and_errors():
         fm.class_split(source_classes="Bag,bag")
     with pytest.raises(UserError, match="at least 2 target classes"):
         fm.class_split("Bag", "Dress")
+
+
+def test_random_class_split_is_a_seeded_draw_of_distinct_disjoint_partitions():
+    """random:S is the S-th of all partitions in one fixed seeded order: the same on every call,
+    disjoint and complete (5/5), different for different S, other sizes on request."""
+    draws = [fm.random_class_split(index) for index in range(252)]
+    assert draws[3] == fm.random_class_split(3) == fm.class_split(split="random:3") == fm.class_split(split="random:3:5/5")
+    for source, target in draws:
+        assert len(source) == len(target) == 5 and sorted(source + target) == list(range(10))
+        assert list(source) == sorted(source) and list(target) == sorted(target)
+    assert len(set(draws)) == 252  # every 5/5 partition once: different S, different splits
+    assert draws[0] != (fm.SOURCE_LABELS, fm.TARGET_LABELS) or draws[1] != (fm.SOURCE_LABELS, fm.TARGET_LABELS)
+    source, target = fm.class_split(split="random:7:6/3")
+    assert len(source) == 6 and len(target) == 3 and not set(source) & set(target)
+    with pytest.raises(UserError, match=r"there are 252 such splits, numbered 0 to 251"):
+        fm.random_class_split(252)
+    with pytest.raises(UserError, match=r"7 \+ 4 classes, but Fashion-MNIST has 10"):
+        fm.class_split(split="random:0:7/4")
+
+
+def test_class_split_flag_form_and_refusals():
+    from tllib_jtln.config import parse_class_split
+
+    assert parse_class_split("random:12") == (12, 5, 5) and parse_class_split("random:0:6/4") == (0, 6, 4)
+    for bad in ("random", "random:", "random:-1", "random:x", "rand:3", "random:1:6", "random:1:6/4/1", "random:1:2:3"):
+        with pytest.raises(UserError, match="--class-split .*: expected random:S or random:S:NS/NT"):
+            parse_class_split(bad)
+    with pytest.raises(UserError, match="at least 1 source and 2 target classes"):
+        parse_class_split("random:1:5/1")
+    for named in ({"source_classes": "Bag"}, {"target_classes": "Dress,Bag"}):
+        with pytest.raises(UserError, match=r"--class-split random:1 and --(source|target)-classes both choose") as info:
+            Config(class_split="random:1", **named).validate()
+        assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match=r"--class-split: options of the embedded Fashion-MNIST task"):
+        build_task(Config(data="DTD", root="x", class_split="random:1"))
+
+
+TAXONOMY = Path(__file__).resolve().parents[1] / "configs" / "taxonomy" / "fashion_mnist.yaml"
+
+
+@needs_debian
+def test_random_class_split_task_and_its_summary_record_the_classes_by_name(tmp_path):
+    """A run on random:4 with the taxonomy cost and --skip-test: the classes by name, validation only."""
+    from tllib_jtln.engine.run import train_from_flags
+    import json
+
+    source, target = fm.random_class_split(4)
+    task = build_task(Config(class_split="random:4", num_samples_per_class=1, val_per_class=2, source_per_class=3))
+    assert task.source_classes == [fm.CLASSES[i] for i in source]
+    assert task.target_classes == [fm.CLASSES[i] for i in target]
+    assert collections.Counter(task.target_test.targets) == {c: 1000 for c in range(5)}
+    log = tmp_path / "run"
+    train_from_flags({"method": "jtln", "class_split": "random:4", "num_samples_per_class": 1, "val_per_class": 2,
+                      "source_per_class": 3, "epochs": 1, "iters_per_epoch": 2, "batch_size": 4, "workers": 0,
+                      "cost": f"taxonomy:{TAXONOMY}", "skip_test": True, "log": str(log), "progress": False})
+    summary = json.loads((log / "summary.json").read_text())
+    assert summary["class_split"] == "random:4"
+    assert summary["source_classes"] == task.source_classes and summary["target_classes"] == task.target_classes
+    assert summary["test_skipped"] is True and summary["test_top1"] is None and summary["test_images"] is None
+    assert 0.0 <= summary["val_top1"] <= 1.0 and summary["target_val_size"] == 10
+    records = [json.loads(x) for x in (log / "metrics.jsonl").read_text().splitlines()]
+    assert "ot_transport" in records[0] and "ot_reg_term" in records[0]
 
 
 @needs_debian

@@ -142,7 +142,12 @@ def test_jtln_summary_records_resolved_switches_and_sinkhorn_health(data_root, t
     assert s["switches"]["cost_normalize"] == "column"
     records = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["ot_converged"] == 1.0 and 1 <= r["ot_iters"] <= 100 for r in records)
-    assert "warning: Sinkhorn" not in capsys.readouterr().err
+    # the OT term's two parts, per epoch: means over the same steps as train_ot, so they sum to it
+    assert all(r["ot_transport"] + r["ot_reg_term"] == pytest.approx(r["train_ot"], abs=1e-6) for r in records)
+    assert all(r["ot_reg_term"] >= -1e-9 for r in records)  # eps KL >= 0 under --ot-reg kl
+    captured = capsys.readouterr()
+    assert "warning: Sinkhorn" not in captured.err
+    assert captured.out.count(", ot_transport ") == len(records) and captured.out.count(", ot_reg_term ") == len(records)
     # a budget too small to converge: said once, naming the flags to raise
     train_from_flags(tiny_flags(data_root, tmp_path / "b", method="jtln", ot_iters=1, ot_tol=0.0, ot_eps=0.01))
     records = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
@@ -153,6 +158,21 @@ def test_jtln_summary_records_resolved_switches_and_sinkhorn_health(data_root, t
     text = (tmp_path / "a" / "transport.txt").read_text()
     assert "# plan: mean OT plan (validation images)" in text
     assert "# posterior: mean source-head posterior (test images)" in text
+
+
+@pytest.mark.parametrize("method", ["joint", "jtln"])
+def test_skip_test_leaves_out_the_test_pass_and_says_so(method, data_root, tmp_path, capsys):
+    """--skip-test (selection runs): no test figures, validation kept, the closing line says so;
+    a method without an OT plan (joint) has then no transport view to draw, and that is no error."""
+    log = tmp_path / method
+    assert train_from_flags(tiny_flags(data_root, log, method=method, skip_test=True)) == 0
+    s = _summary(log)
+    assert s["test_skipped"] is True and s["test_top1"] is None and s["test_per_class"] is None
+    assert _is_fraction(s["val_top1"]) and s["target_val_size"] > 0
+    assert "test skipped (--skip-test)" in capsys.readouterr().out
+    assert (log / "transport.txt").exists() == (method == "jtln")  # jtln: its plan on validation and the cost
+    with pytest.raises(UserError, match="--skip-test with --val-split none"):
+        train_from_flags(tiny_flags(data_root, tmp_path / "none", method=method, skip_test=True, val_split="none"))
 
 
 def test_features_for_costs_come_from_the_evaluation_view(data_root, tmp_path):

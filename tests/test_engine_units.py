@@ -181,6 +181,8 @@ def test_resume_config_comes_from_the_run_and_refuses_identity_changes(tmp_path)
     assert again.method == "joint" and again.epochs == 4 and again.resume
     with pytest.raises(UserError, match="method"):
         resolve_config({"resume": True, "log": str(log), "method": "erm"})
+    with pytest.raises(UserError, match="class"):  # other classes: another task, not a continuation
+        resolve_config({"resume": True, "log": str(log), "class_split": "random:1"})
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -196,6 +196,26 @@ def test_jtln_source_free():
             JointClassifier(create_backbone("smallcnn", pretrained=False, in_chans=1), 0, KT))
 
 
+@pytest.mark.parametrize("cost", ["taxonomy", "shuffled"])
+def test_jtln_taxonomy_cost_forwards_no_image(cost, tmp_path):
+    """A cost from class names alone (taxonomy:FILE, and its shuffled control) is built without
+    extracting features; a feature cost (centroid) extracts them."""
+    tree = tmp_path / "tree.yaml"
+    tree.write_text("a: [s0, s1, t0]\nb: [s2, s3, s4, t1, t2, t3]\n")
+    name = f"taxonomy:{tree}"
+    kw = {"cost": name} if cost == "taxonomy" else {"cost": "shuffled", "cost_base": name}
+    method = build_method(make_cfg("jtln", **kw), make_task())
+    model = make_model()
+    ctx = make_ctx(model)
+    run_setup(method, model, ctx)
+    assert ctx.calls == [] and method.cost.shape == (KS, KT)
+    if cost == "taxonomy":
+        assert method.cost[:2, 0].tolist() == [0.5, 0.5] and method.cost[2:, 0].tolist() == [1.0] * 3
+    featured = build_method(make_cfg("jtln", cost="centroid"), make_task())
+    run_setup(featured, model, ctx)
+    assert ctx.calls == ["target", "source"]
+
+
 def test_jtln_cost_refresh_rebuilds_from_fresh_features():
     method = build_method(make_cfg("jtln", cost="knn", cost_k=3, cost_refresh=2, epochs=4), make_task())  # FAISS
     model = make_model()

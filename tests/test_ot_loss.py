@@ -215,3 +215,46 @@ def test_kl_keeps_mass_on_related_classes_among_a_thousand():
         shares[reg] = float(logits.detach().softmax(1)[0, related].sum())
     assert shares["entropy"] < 0.2, shares
     assert shares["kl"] > 0.9, shares
+
+
+@pytest.mark.parametrize("reg", ["entropy", "kl"])
+def test_jtln_loss_parts_are_the_transport_and_the_regulariser_and_sum_to_it(reg):
+    """``last_parts`` splits alpha * mean W into alpha * mean <P, M> and alpha * mean of -eps H(P)
+    (entropy) or eps KL(P || p q^T) (kl), each computed here from the plan itself."""
+    from tllib_jtln.regularization import JTLNLoss
+
+    logits, q, cost = setup(B=4, Ks=6, Kt=5)
+    eps, weight, smooth = 0.1, 2.5, 0.01
+    loss_fn = JTLNLoss(weight=weight, eps=eps, max_iter=2000, tol=1e-12, smooth=smooth, reg=reg)
+    loss = loss_fn(cost, (logits, torch.log(q), torch.zeros(4, dtype=torch.long)))
+    parts = loss_fn.last_parts
+    torch.testing.assert_close(parts["ot_transport"] + parts["ot_reg_term"], loss.detach(), rtol=1e-12, atol=1e-12)
+    plan = loss_fn.last_results[0].plan()  # (B, Ks, Kt)
+    p, qs = smooth_histogram(torch.softmax(logits, 1), smooth), smooth_histogram(q, smooth)
+    transport = (plan * cost).sum((1, 2))
+    plan_entropy = -(plan * plan.log()).sum((1, 2))
+    kl = (plan * (plan.log() - torch.log(p[:, :, None] * qs[:, None, :]))).sum((1, 2))
+    reg_part = -eps * plan_entropy if reg == "entropy" else eps * kl
+    torch.testing.assert_close(parts["ot_transport"], weight * transport.mean(), rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(parts["ot_reg_term"], weight * reg_part.mean(), rtol=1e-6, atol=1e-8)
+    if reg == "kl":
+        assert float(parts["ot_reg_term"]) >= 0.0
+    else:
+        assert float(parts["ot_reg_term"]) < 0.0
+
+
+
+def test_jtln_loss_parts_of_the_closed_form_label_target():
+    """One-hot labels without smoothing take the closed form: the transport part is p^T M[:, y] and,
+    under entropy, the regulariser part is -eps H(p) (P = p e_y^T)."""
+    from tllib_jtln.regularization import JTLNLoss
+
+    logits, _, cost = setup(B=3, Ks=6, Kt=5)
+    labels = torch.tensor([0, 4, 2])
+    loss_fn = JTLNLoss(weight=1.0, eps=0.2, smooth=0.0, target_dist="label")
+    loss = loss_fn(cost, (logits, torch.zeros(3, 5, dtype=torch.float64), labels))
+    p = torch.softmax(logits, 1)
+    assert loss_fn.last_results == []  # nothing solved iteratively
+    torch.testing.assert_close(loss_fn.last_parts["ot_transport"], onehot_transport_cost(p, labels, cost).mean())
+    torch.testing.assert_close(loss_fn.last_parts["ot_reg_term"], -0.2 * entropy(p).mean())
+    torch.testing.assert_close(loss_fn.last_parts["ot_transport"] + loss_fn.last_parts["ot_reg_term"], loss.detach())

@@ -166,8 +166,8 @@ def build_parser() -> OneLineParser:
     bench.add_argument("--suite", required=True, help="suite YAML, e.g. configs/suite/fashion_mnist.yaml")
     bench.add_argument("--out", default=None, help="output folder (default: from the suite file)")
     bench.add_argument("--only", default=None,
-                       help="run only runs whose name (SETTING/ROW/seedN) matches one of these comma-separated "
-                            "shell patterns, e.g. 'K2/erm/*,K2/jtln*/*'")
+                       help="run only runs whose name (SETTING/ROW/seedN; SETTING/ROW/SPLIT/seedN with splits) "
+                            "matches one of these comma-separated shell patterns, e.g. 'K2/erm/*,K2/jtln*/*'")
     bench.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     bench.add_argument("--jobs", type=int, default=1, help="runs side by side (each gets cores/jobs threads)")
     bench.set_defaults(func=cmd_bench)

@@ -69,6 +69,10 @@ class Config:
                                                "source set (default: T-shirt/top,Trouser,Coat,Sandal,Bag)")
     target_classes: Optional[str] = _opt(None, "embedded task: comma-separated Fashion-MNIST class names of the "
                                                "target set (default: Pullover,Dress,Shirt,Sneaker,Ankle boot)")
+    class_split: Optional[str] = _opt(None, "embedded task: random:S draws the S-th seeded random partition of the ten "
+                                            "classes into 5 source and 5 target classes (random:S:NS/NT for other "
+                                            "sizes); recorded by name in summary.json. Not with --source-classes/"
+                                            "--target-classes")
     # --- images
     image_size: Optional[int] = _opt(None, "input size; default: 224 (TLlib transforms), 28 (embedded task)")
     transforms: str = _opt("auto", "tllib: RandomResizedCrop/Resize+CenterCrop; timm: the backbone's data config; "
@@ -156,6 +160,8 @@ class Config:
     overwrite: bool = _opt(False, "replace the run in --log (its files are removed; command line only)")
     skip_nonfinite: bool = _opt(False, "skip a step whose loss is NaN/inf instead of stopping")
     progress: bool = _opt(True, "show progress bars")
+    skip_test: bool = _opt(False, "no test pass at the end (selection runs): summary.json holds the validation "
+                                  "figures and says test_skipped")
     feature_cache: Optional[str] = _opt(None, "folder caching the features cost matrices are built from "
                                               "(keyed by data settings and a hash of the weights); none: no disk cache")
 
@@ -209,6 +215,16 @@ class Config:
             raise UserError(f"-sr/--sample-rate must be one of TLlib's {', '.join(map(str, SAMPLE_RATES))} "
                             f"(the list files image_list/train_<sr>.txt), got {self.sample_rate}; "
                             f"use -K to draw K images per class")
+        if self.class_split is not None:
+            parse_class_split(self.class_split)
+            named = [flag for flag, value in (("--source-classes", self.source_classes),
+                                              ("--target-classes", self.target_classes)) if value is not None]
+            if named:
+                raise UserError(f"--class-split {self.class_split} and {' and '.join(named)} both choose the classes; "
+                                f"give one: --class-split for a random split, or the named classes")
+        if self.skip_test and self.val_split == "none":
+            raise UserError("--skip-test with --val-split none leaves the run without any figure; validate "
+                            "(--val-split rest or train) or drop --skip-test")
         if any(epoch < 1 for epoch in self.lr_decay_epochs):
             raise UserError(f"--lr-decay-epochs must be epoch numbers >= 1, got {self.lr_decay_epochs}")
         return self
@@ -223,6 +239,26 @@ def refuse_nul(name: str, value: Any) -> None:
     """A NUL byte in a text setting is a UserError naming the setting (paths cannot hold one)."""
     if isinstance(value, str) and "\x00" in value:
         raise UserError(f"setting '{name}' ({flag_of(name)}) contains a NUL byte: {value!r}; remove it")
+
+
+#: ``--class-split`` sizes when the value gives none: 5 source and 5 target classes.
+DEFAULT_SPLIT_SIZES = (5, 5)
+
+
+def parse_class_split(text: str) -> tuple[int, int, int]:
+    """``random:S`` or ``random:S:NS/NT`` -> ``(S, NS, NT)`` (sizes default to 5/5); a one-line
+    UserError naming the flag and the form otherwise."""
+    form = "random:S or random:S:NS/NT (S >= 0, e.g. random:3 or random:3:6/4)"
+    parts = str(text).split(":")
+    sizes = parts[2].split("/") if len(parts) == 3 else [str(n) for n in DEFAULT_SPLIT_SIZES]
+    numbers = [parts[1] if len(parts) > 1 else "", *sizes]
+    if parts[0] != "random" or len(parts) not in (2, 3) or len(sizes) != 2 or not all(n.isdigit() for n in numbers):
+        raise UserError(f"--class-split {text}: expected {form}")
+    index, num_source, num_target = (int(n) for n in numbers)
+    if num_source < 1 or num_target < 2:
+        raise UserError(f"--class-split {text}: needs at least 1 source and 2 target classes, got {num_source}/"
+                        f"{num_target}")
+    return index, num_source, num_target
 
 
 #: The sample rates of TLlib's list files (``image_list/train_{sr}.txt``).

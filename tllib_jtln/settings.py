@@ -69,6 +69,7 @@ RUN_FREE_FIELDS: dict[str, str] = {
     "skip_bad_images": "what to do on an unreadable image; without it the run stops there",
     "skip_nonfinite": "what to do on a NaN/inf loss; without it the run stops there",
     "channels_last": "a memory layout, not the arithmetic",
+    "skip_test": "whether the final test pass runs (a selection run may be tested later)",
 }
 
 #: Also free under ``--resume``: more epochs continue a run that has finished training.

@@ -1,11 +1,15 @@
-"""Tables from a suite's runs: mean +- std over seeds, and paired differences.
+"""Tables from a suite's runs: mean +- std over the units (class split x seed), and paired differences.
 
 Numbers come only from each run's ``summary.json`` (the test accuracy of the epoch chosen on
 the target validation split). A cell holding a run whose epoch was chosen on the test set
 (``selected_on: test``, TLlib's protocol under ``--val-split test``) is marked with
-:data:`TEST_SELECTED`, and every table containing one says so below it. ``std`` is the sample standard deviation over seeds (ddof = 1);
-a cell with fewer finished seeds than the suite asks for shows how many it has, e.g. ``(2/3)``.
-A paired difference ``a - b`` is computed per seed (same data, same seed) and then averaged.
+:data:`TEST_SELECTED`, and every table containing one says so below it. ``std`` is the sample
+standard deviation over the units (ddof = 1); a cell with fewer finished units than the suite asks
+for shows how many it has, e.g. ``(2/3)``. A paired difference ``a - b`` is computed per unit (same
+class split, same seed, same data) and reported as its mean with a 95% t-interval, the paired
+t-test's p-value and the win count (:mod:`tllib_jtln.bench.paired`), in the tables and in the
+forest plot ``paired_<name>.png``. Runs made with ``--skip-test`` (selection runs) have no test
+figures: a suite of such runs is reported on validation alone.
 """
 from __future__ import annotations
 
@@ -15,8 +19,12 @@ import statistics
 import time
 from pathlib import Path
 
+from .paired import PairedStats, paired_stats, plot_paired
+
 METRICS = (("test_top1", "test top-1"), ("test_mean_class_acc", "test mean-class acc"),
            ("val_top1", "validation top-1 (what model and switch selection may look at)"))
+#: short names of the metrics, for axis labels
+METRIC_NAMES = {"test_top1": "test top-1", "test_mean_class_acc": "test mean-class acc", "val_top1": "validation top-1"}
 
 
 def collect_results(suite: dict, runs: list, out_dir: Path) -> list[dict]:
@@ -24,12 +32,13 @@ def collect_results(suite: dict, runs: list, out_dir: Path) -> list[dict]:
     records = []
     for run in runs:
         summary_path = out_dir / run.name / "summary.json"
-        record = {"row": run.row, "setting": run.setting, "seed": run.seed, "finished": summary_path.is_file()}
+        record = {"row": run.row, "setting": run.setting, "split": run.split, "seed": run.seed,
+                  "finished": summary_path.is_file()}
         if record["finished"]:
             summary = json.loads(summary_path.read_text())
             record.update({k: summary.get(k) for k in
                            ("test_top1", "test_mean_class_acc", "val_top1", "val_mean_class_acc",
-                            "best_epoch", "wall_time_s", "images_seen", "switches", "selected_on")})
+                            "best_epoch", "wall_time_s", "images_seen", "switches", "selected_on", "test_skipped")})
         records.append(record)
     return records
 
@@ -59,13 +68,26 @@ def _test_selected(records: list[dict], row: str, setting: str) -> bool:
     return any(r["row"] == row and r["setting"] == setting and r.get("selected_on") == "test" for r in records)
 
 
-def _values(records: list[dict], row: str, setting: str, metric: str) -> dict[int, float]:
-    return {r["seed"]: r[metric] for r in records
+def _values(records: list[dict], row: str, setting: str, metric: str) -> dict[tuple, float]:
+    """``{(class split, seed): value}`` of the finished runs of ``row`` in ``setting``."""
+    return {(r.get("split"), r["seed"]): r[metric] for r in records
             if r["row"] == row and r["setting"] == setting and r["finished"] and r.get(metric) is not None}
 
 
+def unit_count(suite: dict) -> int:
+    """Runs per (row, setting): the class splits (1 without ``splits``) times the seeds."""
+    return len(suite.get("splits") or [None]) * len(suite["seeds"])
+
+
+def units_text(suite: dict) -> str:
+    """What a cell averages over, in words."""
+    splits = suite.get("splits")
+    seeds = f"seeds {suite['seeds']}"
+    return f"{len(splits)} class splits x {seeds} ({unit_count(suite)} units)" if splits else seeds
+
+
 def render_table(suite: dict, records: list[dict], metric: str) -> str:
-    settings, rows, expected = list(suite["settings"]), list(suite["methods"]), len(suite["seeds"])
+    settings, rows, expected = list(suite["settings"]), list(suite["methods"]), unit_count(suite)
     lines = ["| method | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
     for row in rows:
         cells = [_cell(list(_values(records, row, s, metric).values()), expected)
@@ -94,8 +116,16 @@ def _budget(seen: dict) -> str:
     return f"{seen.get('source', 0):,} src + {seen.get('target', 0):,} tgt"
 
 
+def pair_stats(suite: dict, records: list[dict], metric: str, setting: str, a: str, b: str) -> PairedStats | None:
+    """``a - b`` in ``setting`` over the units both rows finished (None when there is none)."""
+    va, vb = _values(records, a, setting, metric), _values(records, b, setting, metric)
+    units = sorted(set(va) & set(vb), key=lambda unit: (str(unit[0]), unit[1]))
+    return paired_stats([va[u] for u in units], [vb[u] for u in units]) if units else None
+
+
 def render_pairs(suite: dict, records: list[dict], metric: str = "test_top1") -> str:
-    """Per-seed differences a - b in points; 'wins' counts seeds where a > b."""
+    """Per-unit differences a - b in points: mean [95% t-interval], paired t-test p, and the wins
+    (units where a > b); see :mod:`tllib_jtln.bench.paired`."""
     if not suite.get("pairs"):
         return ""
     settings = list(suite["settings"])
@@ -103,16 +133,9 @@ def render_pairs(suite: dict, records: list[dict], metric: str = "test_top1") ->
     for a, b in suite["pairs"]:
         cells = []
         for s in settings:
-            va, vb = _values(records, a, s, metric), _values(records, b, s, metric)
-            seeds = sorted(set(va) & set(vb))
-            if not seeds:
-                cells.append("-")
-                continue
-            diffs = [va[k] - vb[k] for k in seeds]
-            mean, std = mean_std(diffs)
-            wins = sum(d > 0 for d in diffs)
+            st = pair_stats(suite, records, metric, s, a, b)
             flag = f" {TEST_SELECTED}" if _test_selected(records, a, s) or _test_selected(records, b, s) else ""
-            cells.append(f"{mean:+.1f} ± {std:.1f} ({wins}/{len(seeds)} wins){flag}")
+            cells.append("-" if st is None else st.cell() + flag)
         lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
     if any(r.get("selected_on") == "test" for r in records):
         lines.append(f"\n{TEST_SELECTED_NOTE}")
@@ -137,11 +160,12 @@ def row_style(index: int) -> dict:
 
 
 def plot_accuracy_vs_k(suite: dict, records: list[dict], path: Path, metric: str = "test_top1") -> Path | None:
-    """Target test top-1 (%) against K, one line per method row, error bars = std over seeds.
+    """``metric`` (%, target test top-1 by default) against K, one line per method row, error bars =
+    std over the units (class split x seed).
 
     Written when at least two settings with finished runs differ in K; a row's point is drawn where
-    it has a finished seed, labelled ``n/N`` when only n of the N seeds finished. Returns the path, or None when there
-    is nothing to draw."""
+    it has a finished unit, labelled ``n/N`` when only n of the N units finished. Returns the path, or
+    None when there is nothing to draw."""
     ks = {s: k for s, k in k_of_settings(suite).items()
           if any(_values(records, row, s, metric) for row in suite["methods"])}  # settings with a finished run
     if len(set(ks.values())) < 2:
@@ -158,21 +182,21 @@ def plot_accuracy_vs_k(suite: dict, records: list[dict], path: Path, metric: str
                   for s in order if (values := _values(records, row, s, metric))]
         if not points:
             continue
-        x, mean, std, seeds = zip(*points)
+        x, mean, std, counts = zip(*points)
         shift = (index - len(suite["methods"]) / 2) * 0.015  # side by side, so error bars do not hide each other
         xs = [k * (1 + shift) for k in x]
         ax.errorbar(xs, mean, yerr=std, capsize=3, label=row, **row_style(index))
-        for xi, yi, n in zip(xs, mean, seeds):
-            if n < len(suite["seeds"]):  # a cell with missing seeds says how many it has, as the tables do
-                ax.annotate(f"{n}/{len(suite['seeds'])}", (xi, yi), textcoords="offset points", xytext=(4, -10),
+        for xi, yi, n in zip(xs, mean, counts):
+            if n < unit_count(suite):  # a cell with missing units says how many it has, as the tables do
+                ax.annotate(f"{n}/{unit_count(suite)}", (xi, yi), textcoords="offset points", xytext=(4, -10),
                             fontsize=7)
     ax.set_xscale("log")
     ax.minorticks_off()
     ax.set_xticks(sorted(set(ks.values())))
     ax.set_xticklabels([str(k) for k in sorted(set(ks.values()))])
     ax.set_xlabel("K (labelled target images per class)")
-    ax.set_ylabel("target test top-1 (%)")
-    ax.set_title(f"{suite['name']}: mean ± std over seeds {suite['seeds']}")
+    ax.set_ylabel(f"target {METRIC_NAMES[metric]} (%)")
+    ax.set_title(f"{suite['name']}: mean ± std over {units_text(suite)}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: rows can be many
     fig.tight_layout()
@@ -222,28 +246,64 @@ def _selection_sentence(records: list[dict]) -> str:
     return "Epoch chosen on " + (", ".join(words[c] for c in chosen) if chosen else words["val"]) + "."
 
 
+def plot_pairs(suite: dict, records: list[dict], path: Path, metric: str = "test_top1") -> Path | None:
+    """The forest plot of every pair (mean difference and 95% t-interval over the paired units), one
+    panel per setting, in the order of K (``paired_<name>.png``); None when no pair has a unit."""
+    ks = k_of_settings(suite)
+    settings = sorted(suite["settings"], key=lambda s: (ks.get(s) is None, ks.get(s, 0)))
+    panels = {}
+    for s in settings:
+        rows = [(f"{a} - {b}", st) for a, b in suite.get("pairs", [])
+                if (st := pair_stats(suite, records, metric, s, a, b)) is not None]
+        counts = sorted({st.n for _, st in rows})
+        n = "/".join(map(str, counts))
+        panels[f"K = {ks[s]} ({n} units)" if s in ks else f"{s} ({n} units)"] = rows
+    return plot_paired(panels, path, f"{suite['name']}: paired differences, mean and 95% t-interval",
+                       METRIC_NAMES[metric])
+
+
+def report_metrics(records: list[dict]) -> list[str]:
+    """The metrics a report shows: validation alone when every finished run skipped the test pass."""
+    finished = [r for r in records if r["finished"]]
+    if finished and all(r.get("test_skipped") for r in finished):
+        return ["val_top1"]
+    return [metric for metric, _ in METRICS]
+
+
 def write_report(suite: dict, records: list[dict], out_dir: Path, suite_file: str) -> Path:
-    """Write ``results_<name>.json`` and ``results_<name>.md`` into ``out_dir`` (named after the suite,
-    so suites sharing run folders keep their own tables); returns the markdown path."""
+    """Write ``results_<name>.json``, ``results_<name>.md`` and the pictures into ``out_dir`` (named
+    after the suite, so suites sharing run folders keep their own); returns the markdown path.
+
+    A suite whose runs all skipped the test pass (``--skip-test``) is reported on validation alone."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"results_{suite['name']}.json").write_text(json.dumps({"suite": suite, "runs": records}, indent=1))
     finished = sum(r["finished"] for r in records)
-    parts = [f"### {suite['name']}: target test accuracy (%), mean ± std over seeds {suite['seeds']}",
+    metrics = report_metrics(records)
+    headline = "target test accuracy" if "test_top1" in metrics else "target VALIDATION accuracy (--skip-test runs)"
+    skipped = sum(bool(r.get("test_skipped")) for r in records if r["finished"])
+    parts = [f"### {suite['name']}: {headline} (%), mean ± std over {units_text(suite)}",
              f"Command: `tllib-jtln bench --suite {suite_file}`. Machine: {platform.machine()}, "
              f"{platform.processor() or 'cpu'}; {time.strftime('%Y-%m-%d')}. "
-             f"Runs finished: {finished}/{len(records)}. {_selection_sentence(records)}"]
-    for metric, title in METRICS:
-        parts += [f"\n**{title}**\n", render_table(suite, records, metric)]
+             f"Runs finished: {finished}/{len(records)}. {_selection_sentence(records)}"
+             + (f" {skipped} runs skipped the test pass (--skip-test): validation figures only." if skipped else "")]
+    main = metrics[0]  # test top-1, or validation top-1 for --skip-test suites
+    forest = plot_pairs(suite, records, out_dir / f"paired_{suite['name']}.png", main)
+    if forest is not None:  # the picture a reader looks at first: above the tables
+        parts += [f"\n![paired differences, {METRIC_NAMES[main]}: mean and 95% t-interval]({forest.name})"]
+    for metric in metrics:
+        parts += [f"\n**{dict(METRICS)[metric]}**\n", render_table(suite, records, metric)]
     parts += ["\n**images seen per stream (source + target) by each run**\n", render_budgets(suite, records),
               "\n**switches of each row (resolved, from summary.json)**\n", render_switches(suite, records)]
-    pairs = render_pairs(suite, records)
-    if pairs:
-        parts += ["\n**paired differences, test top-1 (points, same seeds)**\n", pairs,
-                  "\n**paired differences, validation top-1 (points, same seeds; what switches are chosen on)**\n",
-                  render_pairs(suite, records, "val_top1")]
-    picture = plot_accuracy_vs_k(suite, records, out_dir / f"accuracy_vs_k_{suite['name']}.png")
+    if suite.get("pairs"):
+        unit = "same class split and seed" if suite.get("splits") else "same seeds"
+        how = f"points, {unit}; mean [95% t-interval], paired t-test p (scipy.stats.ttest_rel), wins"
+        for metric in [m for m in ("test_top1", "val_top1") if m in metrics]:
+            note = "; what switches are chosen on" if metric == "val_top1" else ""
+            parts += [f"\n**paired differences, {METRIC_NAMES[metric]} ({how}{note})**\n",
+                      render_pairs(suite, records, metric)]
+    picture = plot_accuracy_vs_k(suite, records, out_dir / f"accuracy_vs_k_{suite['name']}.png", main)
     if picture is not None:
-        parts += [f"\n![test top-1 against K]({picture.name})"]
+        parts += [f"\n![{METRIC_NAMES[main]} against K]({picture.name})"]
     md_path = out_dir / f"results_{suite['name']}.md"
     md_path.write_text("\n".join(parts) + "\n")
     return md_path

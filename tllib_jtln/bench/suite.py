@@ -15,9 +15,12 @@ A suite file (YAML, ``yaml.safe_load``)::
       lwf: {method: lwf, lr: 0.001, per_setting: {K5: {lr: 0.01}}}  # a row's values in one column only
     pairs:                         # optional paired differences (same seeds, same data)
       - [jtln, joint]
+    splits: [random:0, random:1]   # optional: class splits (--class-split), a factor like the seeds
 
 Run ``r`` = (method row, setting column, seed) writes ``out/<setting>/<row>/seed<seed>/`` (so row and
-setting names are folder names: no ``/`` and no ``..``). Every run's settings are checked as
+setting names are folder names: no ``/`` and no ``..``); with ``splits``, every run is repeated on
+each class split, in ``out/<setting>/<row>/<split>/seed<seed>/`` (the split's ``:`` and ``/`` as
+``_`` and ``-``: ``random_3``), and the paired unit of the tables is (split, seed). Every run's settings are checked as
 ``train`` checks them before the first run starts (and by ``--dry-run``); ``overwrite`` and
 ``resume`` are refused in a suite file, as in any ``--config`` file. A run
 whose ``summary.json`` exists is not redone; one with a checkpoint but no summary is resumed; one
@@ -37,6 +40,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
@@ -44,7 +48,7 @@ from ..config import Config, load_yaml
 from ..errors import UserError
 from .report import collect_results, write_report
 
-SUITE_KEYS = {"name", "out", "seeds", "base", "settings", "methods", "pairs", "metric"}
+SUITE_KEYS = {"name", "out", "seeds", "base", "settings", "methods", "pairs", "metric", "splits"}
 PER_SETTING = "per_setting"  # in a method row: {setting: {Config key: value}} for that column only
 
 
@@ -56,10 +60,17 @@ class SuiteRun:
     setting: str
     seed: int
     settings: dict  # the Config keys of this run, without log/seed
+    split: Optional[str] = None  # the class split of the suite's ``splits`` (None: the suite has none)
 
     @property
     def name(self) -> str:
-        return f"{self.setting}/{self.row}/seed{self.seed}"
+        split = "" if self.split is None else split_folder(self.split) + "/"
+        return f"{self.setting}/{self.row}/{split}seed{self.seed}"
+
+
+def split_folder(split: str) -> str:
+    """The folder name of a class split: ``random:3:6/4`` -> ``random_3_6-4``."""
+    return split.replace(":", "_").replace("/", "-")
 
 
 def load_suite(path: str | Path) -> dict:
@@ -73,6 +84,7 @@ def load_suite(path: str | Path) -> dict:
             raise UserError(f"--suite {path}: '{key}' is required and must not be empty")
     if not all(isinstance(s, int) for s in suite["seeds"]):
         raise UserError(f"--suite {path}: 'seeds' must be a list of integers")
+    _check_splits(suite.get("splits"), path)
     suite.setdefault("settings", {"default": {}})
     suite.setdefault("base", {})
     suite.setdefault("pairs", [])
@@ -87,6 +99,12 @@ def load_suite(path: str | Path) -> dict:
             per_setting = values.pop(PER_SETTING, {}) if group == "methods" else {}
             Config().update({**suite["base"], **values}, f"--suite {path}: {group}.{name}")  # typos fail here
             _check_per_setting(per_setting, suite["settings"], f"--suite {path}: methods.{name}.{PER_SETTING}")
+    if suite.get("splits"):
+        fixed = [name for name, values in [("base", suite["base"]), *suite["settings"].items(), *suite["methods"].items()]
+                 if "class_split" in (values or {}) or "class-split" in (values or {})]
+        if fixed:
+            raise UserError(f"--suite {path}: 'splits' sets every run's class split, but {', '.join(fixed)} sets "
+                            f"class_split too; keep one of them")
     for pair in suite["pairs"]:
         if not (isinstance(pair, list) and len(pair) == 2 and all(p in suite["methods"] for p in pair)):
             raise UserError(f"--suite {path}: each pair must be [row, row] of two method rows, got {pair!r}")
@@ -101,6 +119,18 @@ def _check_per_setting(per_setting, settings: dict, where: str) -> None:
         if setting not in settings:
             raise UserError(f"{where}: unknown setting {setting!r}; the suite's settings: {', '.join(settings)}")
         Config().update(dict(values or {}), f"{where}.{setting}")
+
+
+def _check_splits(splits, path) -> None:
+    """``splits``: absent, or a non-empty list of distinct ``--class-split`` values."""
+    if splits is None:
+        return
+    if not isinstance(splits, list) or not splits or not all(isinstance(s, str) for s in splits):
+        raise UserError(f"--suite {path}: 'splits' must be a non-empty list of class splits, e.g. [random:0, random:1]")
+    if len(set(splits)) != len(splits):
+        raise UserError(f"--suite {path}: 'splits' names a class split twice; list each once")
+    for split in splits:
+        Config(class_split=split).validate()
 
 
 def _check_folder_name(name, where: str) -> None:
@@ -123,16 +153,19 @@ def check_runs(runs: list["SuiteRun"], path, out: Path) -> None:
 
 
 def expand_runs(suite: dict) -> list[SuiteRun]:
-    """Every (row, setting, seed), settings merged as base < setting < method row < the row's
-    ``per_setting`` values for that setting."""
+    """Every (row, setting, split, seed), settings merged as base < setting < method row < the row's
+    ``per_setting`` values for that setting (< the split)."""
     runs = []
     for setting, setting_values in suite["settings"].items():
         for row, row_values in suite["methods"].items():
             row_values = dict(row_values or {})
             only_here = (row_values.pop(PER_SETTING, None) or {}).get(setting) or {}
-            for seed in suite["seeds"]:
-                merged = {**suite["base"], **(setting_values or {}), **row_values, **only_here}
-                runs.append(SuiteRun(row, setting, seed, merged))
+            for split in suite.get("splits") or [None]:
+                for seed in suite["seeds"]:
+                    merged = {**suite["base"], **(setting_values or {}), **row_values, **only_here}
+                    if split is not None:
+                        merged["class_split"] = split
+                    runs.append(SuiteRun(row, setting, seed, merged, split))
     return runs
 
 

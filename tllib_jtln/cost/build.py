@@ -10,8 +10,9 @@ A builder is a function ``builder(inputs: CostInputs) -> Tensor (Ks, Kt)``
 which training splits' features it reads (:func:`features_read`: a caller extracts those and no
 others); it returns a non-negative float matrix and :func:`build_cost` does the checking and the
 normalisation.
-``file:PATH`` is parsed by :func:`build_cost` itself; the registry holds a ``file:PATH`` entry only
-so that ``tllib-jtln list costs`` and the "did you mean" suggestions show it.
+``file:PATH`` and ``taxonomy:FILE`` are parsed by :func:`build_cost` itself; the registry holds
+``file:PATH`` and ``taxonomy:FILE`` entries only so that ``tllib-jtln list costs`` and the "did you
+mean" suggestions show them.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from torch import Tensor
 from ..errors import UserError
 from ..registry import Registry
 from .inputs import CostInputs, as_features, as_labels, check_inputs
+from .taxonomy import TAXONOMY_PREFIX, taxonomy_cost
 
 COSTS: Registry[Callable[["CostInputs"], Tensor]] = Registry("costs")
 
@@ -57,7 +59,7 @@ def features_read(name: str, base: str = "knn") -> tuple[str, ...]:
     """
     if name == "shuffled" and base != "shuffled":
         name = base
-    if name.startswith(FILE_PREFIX):
+    if name.startswith((FILE_PREFIX, TAXONOMY_PREFIX)):
         return ()
     return COSTS.get(name).reads
 
@@ -90,7 +92,8 @@ def build_cost(name: str, source_features: Optional[Tensor] = None, source_label
 
     Args:
         name: a registered builder (``knn``, ``centroid``, ``source-head``, ``semantic``,
-            ``uniform``, ``shuffled``) or ``file:PATH`` (``.npy`` or ``.csv``).
+            ``uniform``, ``shuffled``), ``file:PATH`` (``.npy`` or ``.csv``) or ``taxonomy:FILE``
+            (a class hierarchy, :mod:`tllib_jtln.cost.taxonomy`).
         source_features: ``(N_s, D)`` float, pooled pre-logit features of the source images.
         source_labels: ``(N_s,)`` int in ``[0, Ks)``.
         target_features: ``(N_t, D)`` float.
@@ -138,6 +141,8 @@ def build_from_inputs(name: str, inputs: CostInputs) -> Tensor:
             raise UserError("--cost file:PATH needs a path, e.g. --cost file:cost.npy")
         matrix = load_cost_file(path, inputs.source_classes, inputs.target_classes,
                                 expected_shape=(inputs.num_source_classes, inputs.num_target_classes))
+    elif name.startswith(TAXONOMY_PREFIX):
+        matrix = _taxonomy(name[len(TAXONOMY_PREFIX):], inputs)
     else:
         builder = COSTS.get(name)
         matrix = builder(inputs)
@@ -187,9 +192,25 @@ def normalize_cost(matrix: Tensor, mode: str = "global", name: str = "cost") -> 
     return torch.where(flat, torch.ones_like(matrix), (matrix - floor) / spread.masked_fill(flat, 1.0))
 
 
+def _taxonomy(path: str, inputs: CostInputs) -> Tensor:
+    """``taxonomy:FILE``: tree distances between the named classes (:mod:`tllib_jtln.cost.taxonomy`)."""
+    if not path:
+        raise UserError("--cost taxonomy:FILE needs a hierarchy file, e.g. --cost taxonomy:configs/taxonomy/"
+                        "fashion_mnist.yaml")
+    if inputs.source_classes is None or inputs.target_classes is None:
+        raise UserError(f"cost 'taxonomy:{path}' needs the class names of both sides (source_classes, target_classes)")
+    return taxonomy_cost(path, inputs.source_classes, inputs.target_classes)
+
+
 def _file_entry(inputs: CostInputs) -> Tensor:
     """``file:PATH``: a matrix read from ``PATH`` (``.npy`` or ``.csv``); see ``io.load_cost_file``."""
     raise UserError("cost 'file:PATH' names a file: use e.g. --cost file:cost.npy")
 
 
+def _taxonomy_entry(inputs: CostInputs) -> Tensor:
+    """``taxonomy:FILE``: tree distances between classes in a hierarchy file; see :mod:`tllib_jtln.cost.taxonomy`."""
+    raise UserError("cost 'taxonomy:FILE' names a file: use e.g. --cost taxonomy:configs/taxonomy/fashion_mnist.yaml")
+
+
 register_cost("file:PATH", reads=())(_file_entry)
+register_cost("taxonomy:FILE", reads=())(_taxonomy_entry)

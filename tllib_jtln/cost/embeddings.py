@@ -57,18 +57,19 @@ def load_embeddings(path: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
+def loose_name(text: str) -> str:
+    """A class name for loose matching: lower case, ``_`` and ``-`` as spaces, spaces collapsed."""
+    return " ".join(text.replace("_", " ").replace("-", " ").lower().split())
+
+
 def lookup_embeddings(table: dict[str, np.ndarray], names: Sequence[str], side: str, path) -> np.ndarray:
     """``(len(names), D)`` rows of ``table``; exact names first, then case/underscore-insensitive."""
-
-    def norm(text: str) -> str:
-        return " ".join(text.replace("_", " ").replace("-", " ").lower().split())
-
-    loose = {norm(k): v for k, v in table.items()}
+    loose = {loose_name(k): v for k, v in table.items()}
     rows = []
     for name in names:
         vec = table.get(name)
         if vec is None:
-            vec = loose.get(norm(name))
+            vec = loose.get(loose_name(name))
         if vec is None:
             raise UserError(f"--semantic-file {path}: no embedding for {side} class '{name}'; add it to the file")
         rows.append(vec)

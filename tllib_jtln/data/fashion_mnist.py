@@ -5,7 +5,8 @@ T-shirt/top (0), Trouser (1), Coat (4), Sandal (5), Bag (8), relabelled 0..4 in 
 Target classes, by default: Pullover (2), Dress (3), Shirt (6), Sneaker (7), Ankle boot (9),
 relabelled 0..4 in that order. ``--source-classes`` / ``--target-classes`` (comma-separated class
 names, case-insensitive, relabelled in the order given) choose another split; giving one side only
-makes the other side the remaining classes. Target images: ``K = --num-samples-per-class``
+makes the other side the remaining classes. ``--class-split random:S`` (or ``random:S:NS/NT``)
+takes the ``S``-th seeded random split instead (:func:`random_class_split`). Target images: ``K = --num-samples-per-class``
 (default 10) seeded labelled training images
 per class, ``--val-per-class`` seeded validation images per class from the rest of the target
 training pool (``--val-split rest``, the default; ``train`` carves it from the K images instead,
@@ -26,7 +27,9 @@ from __future__ import annotations
 
 import difflib
 import gzip
+import itertools
 import os
+import random
 import shutil
 from pathlib import Path
 from typing import Callable, Optional
@@ -34,6 +37,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..config import parse_class_split
 from ..errors import UserError
 from .memory import TensorImages
 from .sampling import STREAM_SOURCE, cap_per_class, data_seed
@@ -162,11 +166,42 @@ def _class_labels(text: str, flag: str) -> tuple[int, ...]:
     return tuple(labels)
 
 
-def class_split(source_classes: Optional[str] = None, target_classes: Optional[str] = None
-                ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(source labels, target labels) of the embedded task from ``--source-classes`` /
-    ``--target-classes``: the default split when neither is given; one side given, the other is
-    the remaining classes in label order. Overlapping sides are a :class:`UserError` naming the classes."""
+#: the seed of the fixed order in which ``--class-split random:S`` lists the partitions
+SPLIT_ORDER_SEED = 24
+
+
+def random_class_split(index: int, num_source: int = 5, num_target: int = 5
+                       ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``--class-split random:S``: the ``index``-th (``S``) of all ways to pick ``num_source`` source and
+    ``num_target`` target classes (disjoint) from the ten, in one fixed seeded random order.
+
+    Every partition is listed once (``C(10, NS) * C(10 - NS, NT)`` of them, 252 for 5/5; the
+    classes left over, when ``NS + NT < 10``, are unused), then shuffled by ``random.Random``
+    seeded with :data:`SPLIT_ORDER_SEED` (reproducible across Python versions). So a given ``S``
+    is the same split on every machine, and different ``S`` are different splits: splits drawn for
+    selection and for evaluation do not overlap when their ``S`` differ. Each side is in label order.
+    """
+    num = len(CLASSES)
+    if num_source + num_target > num:
+        raise UserError(f"--class-split random:{index}:{num_source}/{num_target}: {num_source} + {num_target} "
+                        f"classes, but Fashion-MNIST has {num}")
+    partitions = [(source, target) for source in itertools.combinations(range(num), num_source)
+                  for target in itertools.combinations([c for c in range(num) if c not in source], num_target)]
+    random.Random(SPLIT_ORDER_SEED).shuffle(partitions)
+    if index >= len(partitions):
+        raise UserError(f"--class-split random:{index}:{num_source}/{num_target}: there are {len(partitions)} "
+                        f"such splits, numbered 0 to {len(partitions) - 1}")
+    return partitions[index]
+
+
+def class_split(source_classes: Optional[str] = None, target_classes: Optional[str] = None,
+                split: Optional[str] = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(source labels, target labels) of the embedded task: ``split`` (``--class-split random:S``,
+    :func:`random_class_split`), or ``--source-classes`` / ``--target-classes``: the default split
+    when none is given; one side given, the other is the remaining classes in label order.
+    Overlapping sides are a :class:`UserError` naming the classes."""
+    if split is not None:
+        return random_class_split(*parse_class_split(split))
     if source_classes is None and target_classes is None:
         return SOURCE_LABELS, TARGET_LABELS
     source = _class_labels(source_classes, "--source-classes") if source_classes is not None else None
@@ -218,7 +253,7 @@ def build_fashion_mnist_task(cfg, train_transform: Callable, eval_transform: Cal
     k = cfg.num_samples_per_class if cfg.num_samples_per_class is not None else DEFAULT_K
     if k < 1:
         raise UserError(f"--num-samples-per-class must be >= 1, got {k}")
-    source_labels, target_labels = class_split(cfg.source_classes, cfg.target_classes)
+    source_labels, target_labels = class_split(cfg.source_classes, cfg.target_classes, cfg.class_split)
     source_classes = [CLASSES[i] for i in source_labels]
     target_classes = [CLASSES[i] for i in target_labels]
 

@@ -48,7 +48,8 @@ def build_task(cfg, data_config: Optional[dict] = None) -> TransferTask:
         return _embedded_task(cfg, data_config)
 
     chosen = [flag for flag, value in (("--source-classes", cfg.source_classes),
-                                       ("--target-classes", cfg.target_classes), ("--invert", cfg.invert)) if value]
+                                       ("--target-classes", cfg.target_classes), ("--invert", cfg.invert),
+                                       ("--class-split", cfg.class_split)) if value]
     if chosen:
         raise UserError(f"{', '.join(chosen)}: options of the embedded Fashion-MNIST task, not of -d {cfg.data}; "
                         f"drop them (a dataset's classes come from its folders or list files)")

@@ -29,7 +29,7 @@ from .seeding import seed_everything
 #: The settings that decide which images (and pixels) a split holds: part of the feature-cache key.
 DATA_KEYS = ("data", "root", "source_data", "source_root", "sample_rate", "num_samples_per_class",
              "val_per_class", "val_split", "source_per_class", "seed", "data_seed", "image_size", "transforms",
-             "source_classes", "target_classes", "invert")
+             "source_classes", "target_classes", "invert", "class_split")
 
 
 @dataclass

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from .logdir import MetricsLog, loss_keys
 
+#: the ``ot`` term's two parts (``methods.JTLN.step_stats``), shown after the loss terms
+OT_PARTS = ("ot_transport", "ot_reg_term")
+
 
 def _val_text(record: dict, mean_class: bool = True) -> str:
     """``val top-1 X% (, mean class Y%)``, or ``val: none`` without validation (``--val-split none``:
@@ -98,6 +101,7 @@ class Reporter:
             return
         terms_text = ", ".join(f"{k.removeprefix('train_')} {record[k]:.4f}" for k in loss_keys(record)
                                if k != "train_loss")
+        terms_text += "".join(f", {k} {record[k]:.4f}" for k in OT_PARTS if k in record)
         val = (f", {_val_text(record)}" if "val_top1" in record else f" (stage '{record['stage']}', not validated)")
         print(f"epoch {record['epoch']}/{self.total_epochs}: loss {record.get('train_loss', float('nan')):.4f}"
               f"{' (' + terms_text + ')' if terms_text else ''}{val}, lr {record['lr']:.4g}"
@@ -105,9 +109,10 @@ class Reporter:
 
     def finished(self, summary: dict, best: dict, wall: float, log_dir: Path) -> None:
         """The closing lines: the best epoch, its test accuracies and where the log is."""
-        self.say(f"best epoch {best['epoch']}: {_val_text(best, mean_class=False)}; "
-                 f"test top-1 {100 * summary['test_top1']:.2f}%, mean class "
-                 f"{100 * summary['test_mean_class_acc']:.2f}% ({summary['test_images']} images); "
+        test = ("test skipped (--skip-test)" if summary["test_skipped"] else
+                f"test top-1 {100 * summary['test_top1']:.2f}%, mean class "
+                f"{100 * summary['test_mean_class_acc']:.2f}% ({summary['test_images']} images)")
+        self.say(f"best epoch {best['epoch']}: {_val_text(best, mean_class=False)}; {test}; "
                  f"{wall:.1f}s; log: {log_dir}")
         if summary["skipped_images"]:
             self.say(f"skipped {summary['skipped_images']} bad images (--skip-bad-images); each is named above")

@@ -180,7 +180,7 @@ class JTLN(Method):
         terms = {"ce_target": cross_entropy(tgt_t, batch.y_t)}
         if use_source:
             terms["ce_source"] = cross_entropy(out_s[0], batch.y_s)
-        self.ot_loss.last_results = []
+        self.ot_loss.last_results, self.ot_loss.last_parts = [], {}
         if self.cfg.ot_weight == 0:
             return terms
         if self.cost is None:
@@ -190,13 +190,18 @@ class JTLN(Method):
         return terms
 
     def step_stats(self) -> dict[str, float]:
-        """``ot_iters``: Sinkhorn iterations of the last step; ``ot_converged``: share of its problems
-        (samples) whose marginal error reached ``--ot-tol``. Empty when no problem was solved iteratively."""
+        """``ot_transport`` and ``ot_reg_term``: the last step's ``ot`` term split into the transport
+        part ``alpha <P, M>`` and the regulariser part (``-alpha eps H(P)``, or ``alpha eps KL`` under
+        ``--ot-reg kl``), which sum to it (:attr:`JTLNLoss.last_parts
+        <tllib_jtln.regularization.JTLNLoss>`); ``ot_iters``: Sinkhorn iterations of the last step;
+        ``ot_converged``: share of its problems (samples) whose marginal error reached ``--ot-tol``
+        (these two only when a problem was solved iteratively). Empty when no OT term was computed."""
+        stats = {name: float(part) for name, part in self.ot_loss.last_parts.items()}
         solves = self.ot_loss.last_results
-        if not solves:
-            return {}
-        converged = torch.cat([(r.marginal_error <= self.ot_loss.ot.tol).float() for r in solves])
-        return {"ot_iters": sum(r.n_iter for r in solves) / len(solves), "ot_converged": float(converged.mean())}
+        if solves:
+            converged = torch.cat([(r.marginal_error <= self.ot_loss.ot.tol).float() for r in solves])
+            stats.update(ot_iters=sum(r.n_iter for r in solves) / len(solves), ot_converged=float(converged.mean()))
+        return stats
 
     def epoch_warnings(self, means: dict[str, float]) -> list[str]:
         share = means.get("ot_converged")

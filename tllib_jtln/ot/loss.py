@@ -112,7 +112,10 @@ class WassersteinLoss(nn.Module):
         - output: scalar, or ``(B,)`` with ``reduction='none'``
 
     After a call, ``last_result`` holds the :class:`SinkhornResult` (``n_iter``, ``converged``,
-    ``transport_cost``), or ``None`` when the closed form was used.
+    ``transport_cost``), or ``None`` when the closed form was used, and ``last_transport`` the
+    ``(B,)`` transport part :math:`\langle P, M\rangle` of each sample's value (detached, either
+    way): the value minus it is the regulariser part, :math:`-\varepsilon H(P)` under ``entropy``
+    and :math:`\varepsilon\,\mathrm{KL}(P \,\|\, \tilde p\tilde q^\top)` under ``kl``.
 
     Example:
         >>> loss_fn = WassersteinLoss(eps=0.1, reduction="none")
@@ -135,6 +138,7 @@ class WassersteinLoss(nn.Module):
         self.eps, self.max_iter, self.tol = float(eps), int(max_iter), float(tol)
         self.smooth, self.reduction, self.reg = float(smooth), reduction, reg
         self.last_result: Optional[SinkhornResult] = None
+        self.last_transport: Optional[Tensor] = None
 
     @classmethod
     def from_config(cls, cfg, reduction: str = "mean") -> "WassersteinLoss":
@@ -167,6 +171,7 @@ class WassersteinLoss(nn.Module):
             if self.smooth == 0:
                 self.last_result = None
                 losses = onehot_transport_cost(p, target_dist, cost)
+                self.last_transport = losses.detach()
                 if self.reg == "entropy":  # -eps H(P) with P = p e_j^T; under kl the two entropies cancel
                     losses = losses - self.eps * entropy(p)
                 return self._reduce(losses)
@@ -174,7 +179,7 @@ class WassersteinLoss(nn.Module):
         q = target_dist.to(torch.promote_types(dtype, target_dist.dtype))
         p, q = smooth_histogram(p, self.smooth), smooth_histogram(q, self.smooth)
         result = sinkhorn(p, q, cost, self.eps, max_iter=self.max_iter, tol=self.tol)
-        self.last_result = result
+        self.last_result, self.last_transport = result, result.transport_cost
         value = result.value
         if self.reg == "kl":
             value = value + self.eps * (entropy(p) + entropy(q))

@@ -64,7 +64,11 @@ class JTLNLoss(nn.Module):
           solving, when any logits are not finite (the caller's non-finite policy decides)
 
     After a call, ``last_results`` holds the :class:`~tllib_jtln.ot.SinkhornResult` of the
-    problem when it was solved iteratively.
+    problem when it was solved iteratively, and ``last_parts`` the output split into its two parts
+    (detached scalars, weighted as the output, so they sum to it): ``ot_transport``, :math:`\alpha
+    \sum_{\text{side}} \frac{n_{\text{side}}}{n} \mathrm{mean}\,\langle P, M\rangle`, and
+    ``ot_reg_term``, the same mean of the regulariser, :math:`-\varepsilon H(P)` (``entropy``) or
+    :math:`\varepsilon\,\mathrm{KL}(P \,\|\, p q^\top)` (``kl``); empty when nothing was solved.
     """
 
     def __init__(self, weight: float = Config.ot_weight, on: str = Config.ot_on,
@@ -77,9 +81,10 @@ class JTLNLoss(nn.Module):
         self.weight, self.on, self.target_dist = weight, on, target_dist
         self.ot = WassersteinLoss(eps=eps, max_iter=max_iter, tol=tol, smooth=smooth, reg=reg)
         self.last_results: list[SinkhornResult] = []
+        self.last_parts: dict[str, Tensor] = {}
 
     def forward(self, cost: Tensor, target_side: Side, source_side: Optional[Side] = None) -> Tensor:
-        self.last_results = []
+        self.last_results, self.last_parts = [], {}
         src_t, tgt_t, y_t = target_side
         logits = [src_t, tgt_t, *(source_side[:2] if source_side is not None else ())]
         if not bool(torch.stack([torch.isfinite(x.detach()).all() for x in logits]).all()):  # one host sync
@@ -87,17 +92,22 @@ class JTLNLoss(nn.Module):
         cost = cost.to(src_t.device)
         if self.on == "target":
             q = y_t if self.target_dist == "label" else torch.softmax(tgt_t.float(), dim=1).detach()
-            return self.weight * self._solve(src_t, q, cost)
-        if source_side is None:  # a batch without source images: no term, as a tensor
+            value, transport = self._solve(src_t, q, cost)
+        elif source_side is None:  # a batch without source images: no term, as a tensor
             return src_t.new_zeros((), dtype=torch.float32)
-        _, tgt_s, y_s = source_side
-        return self.weight * self._solve(tgt_s, y_s, cost.t())
+        else:
+            _, tgt_s, y_s = source_side
+            value, transport = self._solve(tgt_s, y_s, cost.t())
+        value, transport = self.weight * value, self.weight * transport
+        self.last_parts = {"ot_transport": transport, "ot_reg_term": value.detach() - transport}
+        return value
 
-    def _solve(self, logits: Tensor, dist: Tensor, cost: Tensor) -> Tensor:
+    def _solve(self, logits: Tensor, dist: Tensor, cost: Tensor) -> tuple[Tensor, Tensor]:
+        """The side's mean OT value and its mean transport part ``<P, M>`` (detached)."""
         value = self.ot(logits, dist, cost)
         if self.ot.last_result is not None:
             self.last_results.append(self.ot.last_result)
-        return value
+        return value, self.ot.last_transport.mean().to(value.dtype)
 
     @torch.no_grad()
     def mean_plan(self, cost: Tensor, source_logits: Tensor, target_logits: Tensor, labels: Tensor,
