@@ -109,7 +109,7 @@ class Reporter:
 
     def finished(self, summary: dict, best: dict, wall: float, log_dir: Path) -> None:
         """The closing lines: the best epoch, its test accuracies and where the log is."""
-        test = ("test skipped (--skip-test)" if summary["test_skipped"] else
+        test = ("test skipped (--skip-test)" if summary.get("test_skipped") else
                 f"test top-1 {100 * summary['test_top1']:.2f}%, mean class "
                 f"{100 * summary['test_mean_class_acc']:.2f}% ({summary['test_images']} images)")
         self.say(f"best epoch {best['epoch']}: {_val_text(best, mean_class=False)}; {test}; "
