@@ -101,12 +101,15 @@ def test_log_dir_refuses_finished_run_without_overwrite(tmp_path):
 
 def test_log_dir_with_checkpoints_refused_and_resume_needs_last(tmp_path):
     log = tmp_path / "run"
-    (log / "checkpoints").mkdir(parents=True)
-    (log / "checkpoints" / "best.pt").write_bytes(b"x")
+    prepare_log_dir(log, overwrite=False, resume=False)
+    (log / "checkpoints").mkdir()
+    (log / "checkpoints" / "best.pt").write_bytes(b"x")  # stopped before last.pt: nothing to resume
+    with pytest.raises(UserError, match="nothing to resume.*without --resume"):
+        prepare_log_dir(log, overwrite=False, resume=True)
+    prepare_log_dir(log, overwrite=False, resume=False)  # ... so train starts it again
+    (log / "checkpoints" / "last.pt").write_bytes(b"x")
     with pytest.raises(UserError, match="already holds a run"):
         prepare_log_dir(log, overwrite=False, resume=False)
-    with pytest.raises(UserError, match="nothing to resume"):
-        prepare_log_dir(log, overwrite=False, resume=True)
     with pytest.raises(UserError, match="contradict"):
         prepare_log_dir(log, overwrite=True, resume=True)
 
