@@ -43,7 +43,8 @@ import yaml
 
 from .. import readers
 from ..errors import UserError
-from ..fileio import append_text, check_replaceable, make_folder, open_regular, write_json, write_text
+from ..fileio import (append_text, check_replaceable, make_folder, open_regular, temporary_path, write_json,
+                      write_text)
 
 CONFIG = "config.yaml"
 ENV = "env.json"
@@ -120,6 +121,7 @@ def prepare_log_dir(log_dir: str | Path, *, overwrite: bool, resume: bool, is_ma
     The folder must be writable (checked by creating and removing a temporary file).
     """
     log_dir = Path(log_dir).expanduser()
+    _check_path(log_dir)
     if log_dir.is_symlink():  # resolved once, deliberately (see the module docstring)
         log_dir = Path(os.path.realpath(log_dir))
     if log_dir.exists() and not log_dir.is_dir():
@@ -154,6 +156,17 @@ def prepare_log_dir(log_dir: str | Path, *, overwrite: bool, resume: bool, is_ma
     return log_dir
 
 
+def _check_path(log_dir: Path) -> None:
+    """The longest path a run writes in ``log_dir`` is one the system takes (not too long, no NUL)."""
+    try:
+        os.lstat(temporary_path(last_checkpoint(log_dir)))
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except (OSError, ValueError) as exc:
+        name = str(log_dir) if len(str(log_dir)) <= 80 else str(log_dir)[:80] + "..."
+        raise UserError(f"--log {name}: {getattr(exc, 'strerror', None) or exc}; choose another --log") from None
+
+
 def _check_resumable(log_dir: Path) -> None:
     """``--resume``: a ``checkpoints/last.pt`` to continue from, and no ``summary.json`` yet."""
     if not last_checkpoint(log_dir).is_file():
@@ -171,7 +184,7 @@ def _check_resumable(log_dir: Path) -> None:
 def resume_hint(log_dir: str | Path) -> str:
     """What a run stopped by an error or an interrupt kept in ``log_dir``, and how to go on."""
     log_dir = Path(log_dir).expanduser()
-    if last_checkpoint(log_dir).is_file():
+    if os.path.isfile(last_checkpoint(log_dir)):  # False, not an error, for a path the system refuses
         return f"finished checkpoints are kept (fix the cause, then continue with --resume --log {log_dir})"
     return f"no checkpoint was saved in {log_dir} (fix the cause, then start the run again)"
 
