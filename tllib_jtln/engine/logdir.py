@@ -128,10 +128,9 @@ def prepare_log_dir(log_dir: str | Path, *, overwrite: bool, resume: bool, is_ma
         raise UserError(f"--log {log_dir}: exists and is not a folder; choose another --log")
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
-    if log_dir.is_dir():
+    if log_dir.is_dir() and is_main:  # the main process checks and owns the folder, the others follow it
         _check_owner(log_dir)
-        if is_main:
-            lock_log_dir(log_dir)  # a folder in use by another run is named before anything else
+        lock_log_dir(log_dir)  # a folder in use by another run is named before anything else
         if os.path.lexists(log_dir / CHECKPOINTS):
             make_folder(log_dir / CHECKPOINTS)  # a real folder, not a link to one (atomic_write creates it later)
     if resume:
@@ -148,9 +147,9 @@ def prepare_log_dir(log_dir: str | Path, *, overwrite: bool, resume: bool, is_ma
         os.unlink(probe)
     except OSError as exc:
         raise UserError(f"--log {log_dir}: not writable ({exc.strerror or exc}); choose another --log") from None
-    lock_log_dir(log_dir)
     if not _regular_file(log_dir / MARKER):
         write_text("tllib-jtln run folder: --overwrite removes only the files the run wrote\n", log_dir / MARKER)
+    lock_log_dir(log_dir)
     if overwrite and not resume and clear:
         clear_run(log_dir)
     return log_dir
