@@ -149,8 +149,9 @@ def test_metrics_log_appends_reads_and_truncates(tmp_path):
     log = MetricsLog(tmp_path)
     for e in (1, 2, 3):
         log.append({"epoch": e, "val_top1": e / 10})
-    with open(log.path, "a") as fh:
-        fh.write('{"epoch": 4, "val_to')  # a line cut by a kill
+    with open(log.path, "ab") as fh:  # edited lines: too deep to parse, not UTF-8, not a record
+        fh.write(b"[" * 50000 + b'\n{"epoch": "\xff"}\n[1]\n')
+        fh.write(b'{"epoch": 4, "val_to')  # a line cut by a kill
     assert [r["epoch"] for r in log.read()] == [1, 2, 3]
     kept = log.truncate_after(2)
     assert [r["epoch"] for r in kept] == [1, 2]

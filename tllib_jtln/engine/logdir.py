@@ -358,22 +358,23 @@ class MetricsLog:
         append_text(self.path, json.dumps(record) + "\n")
 
     def read(self) -> list[dict]:
+        """The epoch records (JSON objects with an integer ``epoch``); any other line (cut by a kill,
+        edited, not UTF-8, nested too deep to parse) is ignored."""
         if not self.path.is_file():
             return []
         out = []
-        for line in self.path.read_text().splitlines():
-            line = line.strip()
-            if not line:
-                continue
+        for line in self.path.read_bytes().decode("utf-8", errors="replace").splitlines():
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a kill: ignore it
+                record = json.loads(line) if line.strip() else None
+            except (ValueError, RecursionError):
                 continue
+            if isinstance(record, dict) and type(record.get("epoch")) is int:
+                out.append(record)
         return out
 
     def truncate_after(self, epoch: int) -> list[dict]:
         """Keep the records of epochs ``<= epoch`` (on resume, drop what the killed run wrote later)."""
-        kept = [r for r in self.read() if int(r.get("epoch", 0)) <= epoch]
+        kept = [r for r in self.read() if r["epoch"] <= epoch]
         write_text("".join(json.dumps(r) + "\n" for r in kept), self.path)
         return kept
 
