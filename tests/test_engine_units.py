@@ -101,12 +101,15 @@ def test_log_dir_refuses_finished_run_without_overwrite(tmp_path):
 
 def test_log_dir_with_checkpoints_refused_and_resume_needs_last(tmp_path):
     log = tmp_path / "run"
-    (log / "checkpoints").mkdir(parents=True)
-    (log / "checkpoints" / "best.pt").write_bytes(b"x")
+    prepare_log_dir(log, overwrite=False, resume=False)
+    (log / "checkpoints").mkdir()
+    (log / "checkpoints" / "best.pt").write_bytes(b"x")  # stopped before last.pt: nothing to resume
+    with pytest.raises(UserError, match="nothing to resume.*without --resume"):
+        prepare_log_dir(log, overwrite=False, resume=True)
+    prepare_log_dir(log, overwrite=False, resume=False)  # ... so train starts it again
+    (log / "checkpoints" / "last.pt").write_bytes(b"x")
     with pytest.raises(UserError, match="already holds a run"):
         prepare_log_dir(log, overwrite=False, resume=False)
-    with pytest.raises(UserError, match="nothing to resume"):
-        prepare_log_dir(log, overwrite=False, resume=True)
     with pytest.raises(UserError, match="contradict"):
         prepare_log_dir(log, overwrite=True, resume=True)
 
@@ -146,8 +149,9 @@ def test_metrics_log_appends_reads_and_truncates(tmp_path):
     log = MetricsLog(tmp_path)
     for e in (1, 2, 3):
         log.append({"epoch": e, "val_top1": e / 10})
-    with open(log.path, "a") as fh:
-        fh.write('{"epoch": 4, "val_to')  # a line cut by a kill
+    with open(log.path, "ab") as fh:  # edited lines: too deep to parse, not UTF-8, not a record
+        fh.write(b"[" * 50000 + b'\n{"epoch": "\xff"}\n[1]\n')
+        fh.write(b'{"epoch": 4, "val_to')  # a line cut by a kill
     assert [r["epoch"] for r in log.read()] == [1, 2, 3]
     kept = log.truncate_after(2)
     assert [r["epoch"] for r in kept] == [1, 2]

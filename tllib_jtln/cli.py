@@ -195,18 +195,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.error("choose a command: train, test, list, data or bench")
     warnings.formatwarning = _format_warning
+    for stream in (sys.stdout, sys.stderr):  # a path the terminal's encoding cannot show is escaped, not fatal
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         return func(args)
     except UserError as exc:
         sys.stderr.write(f"{PROG}: error: {one_line(exc)}\n")
         return 2
-    except OSError as exc:  # a full disk, a vanished folder: the atomic writes kept the previous files
+    except BrokenPipeError:  # the reader of stdout went away (`list archs | head`): a normal end for a listing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0 if args.command == "list" else 2
+    except OSError as exc:  # outside a run (a run names its folder and how to continue, see engine.trainer)
         where = f"{exc.filename}: " if exc.filename else ""
-        sys.stderr.write(f"{PROG}: error: {where}{one_line(exc) if not exc.strerror else exc.strerror}; "
-                         f"finished checkpoints are kept (fix the cause, then continue with --resume)\n")
+        sys.stderr.write(f"{PROG}: error: {where}{one_line(exc) if not exc.strerror else exc.strerror}\n")
         return 2
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted; finished checkpoints are kept (resume with --resume)\n")
+    except KeyboardInterrupt as exc:  # a run says what it kept in the exception's text
+        sys.stderr.write(f"{PROG}: interrupted{'; ' + str(exc) if str(exc) else ''}\n")
         return 130
 
 

@@ -22,8 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
+from . import readers
 from .errors import UserError
 
 
@@ -323,7 +322,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
 
 
 def load_yaml(path: str | Path, flag: str = "--config") -> dict:
-    """A YAML file as a mapping, parsed with ``yaml.safe_load`` (no code runs; a python tag is an error).
+    """A YAML file as a mapping, parsed with ``yaml.safe_load`` (no code runs; a python tag is an error)
+    within :mod:`tllib_jtln.readers`' bounds (1 MiB, nesting depth, aliases expanded, 64-bit integers).
 
     ``flag`` names where the file came from in messages (``--config``, ``--suite``; empty: the path alone).
     """
@@ -331,11 +331,7 @@ def load_yaml(path: str | Path, flag: str = "--config") -> dict:
     name = f"{flag} {path}" if flag else str(path)
     if not path.is_file():
         raise UserError(f"{flag or 'YAML file'}: file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{name}: not valid YAML ({first})") from None
+    data = readers.load_yaml(path, name)  # bounded: size, depth, aliases, integer digits
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -16,6 +16,7 @@ Formats:
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Optional, Sequence
@@ -24,8 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import readers
 from ..errors import UserError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, save_figure
 
 
 # ---------------------------------------------------------------------------- small helpers
@@ -39,23 +41,18 @@ def is_number(text: str) -> bool:
 
 
 def read_csv_rows(path: Path) -> list[list[str]]:
-    """The non-empty rows of a UTF-8 CSV file, cells stripped (a UserError naming the file otherwise)."""
+    """The non-empty rows of a UTF-8 CSV file (at most 256 MiB), cells stripped (a UserError naming the file otherwise)."""
+    text = readers.read_text(path, str(path), readers.DATA_BYTES)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = [[cell.strip() for cell in row] for row in csv.reader(handle)]
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a UTF-8 text CSV file") from None
+        rows = [[cell.strip() for cell in row] for row in csv.reader(io.StringIO(text, newline=""))]
     except csv.Error as exc:
         raise UserError(f"{path}: not a valid CSV file ({exc})") from None
     return [row for row in rows if any(row)]
 
 
 def read_json(path: Path):
-    """A UTF-8 JSON file as data (a UserError naming the file otherwise)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+    """A UTF-8 JSON file as data, within :mod:`tllib_jtln.readers`' bounds (a UserError naming the file otherwise)."""
+    return readers.load_json(path, str(path))
 
 
 def _check_names(kind: str, found: Optional[Sequence[str]], expected: Optional[Sequence[str]], path: Path) -> None:
@@ -73,12 +70,7 @@ def _check_names(kind: str, found: Optional[Sequence[str]], expected: Optional[S
 
 # ---------------------------------------------------------------------------- file:PATH
 def _load_npy(path: Path) -> tuple[np.ndarray, Optional[list], Optional[list]]:
-    try:
-        matrix = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise UserError(f"cost file {path}: not a numeric .npy array ({str(exc).splitlines()[0]})") from None
-    except OSError as exc:
-        raise UserError(f"cost file {path}: cannot read it as .npy ({exc})") from None
+    matrix = readers.load_npy(path, f"cost file {path}")  # the declared shape checked against the file size
     if not isinstance(matrix, np.ndarray) or matrix.dtype.kind not in "fiub":
         raise UserError(f"cost file {path}: expected a numeric array, got dtype {getattr(matrix, 'dtype', '?')}")
     source_names = target_names = None
@@ -217,7 +209,7 @@ def plot_cost(matrix: Tensor, source_classes: Optional[Sequence[str]], target_cl
         ax.set_yticks(range(ks))
         ax.set_yticklabels(src, fontsize=max(5, min(9, 360 // max(ks, 1))))
     path = Path(path)
-    atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
+    save_figure(fig, path)
     return path
 
 

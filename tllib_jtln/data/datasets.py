@@ -45,7 +45,7 @@ from . import fashion_mnist as fmnist
 from .class_names import AIRCRAFT_CLASSES, CALTECH101_CLASSES, DTD_CLASSES, FLOWERS_CLASSES, PETS_CLASSES
 from .memory import ArrayImages
 from .imagelist import ImageList
-from .list_files import class_names_from_paths, read_image_list, scan_image_folder
+from .list_files import class_folders, class_names_from_paths, read_image_list, scan_image_folder, text_lines
 
 DATASETS: Registry[Callable] = Registry("datasets")
 
@@ -173,7 +173,8 @@ class _TLlibDataset:
                 if sample_rate != 100 and split == "train":
                     raise UserError(f"dataset {info.name}: no image_list/ in {path}, so no -sr {sample_rate} "
                                     f"lists; use -K to draw K images per class")
-                return _folder_dataset(info.name, path / split, transform, skip_bad_images, info.num_classes)
+                return _folder_dataset(info.name, path / split, transform, skip_bad_images, info.num_classes,
+                                       _training_classes(path / "train", split))
             raise UserError(f"dataset {info.name}: no image_list/ folder in {path}"
                             f"{' or ' + str(path / info.subdir) if info.subdir else ''}; {_how_to_get(info.name)}")
         classes = list(info.classes) if info.classes is not None else None
@@ -185,10 +186,17 @@ for _name in INFO:
     DATASETS.register(_name)(_TLlibDataset(INFO[_name]))
 
 
-def _folder_dataset(name: str, folder: Path, transform, skip_bad_images, num_classes=None) -> ImageList:
+def _training_classes(folder: Path, split: str) -> Optional[list[str]]:
+    """For a test split, the class folders of the training split ``folder`` (labels map by name); None
+    for the training split itself or when it has no folder."""
+    return class_folders(folder) if split != "train" and folder.is_dir() else None
+
+
+def _folder_dataset(name: str, folder: Path, transform, skip_bad_images, num_classes=None,
+                    classes: Optional[list[str]] = None) -> ImageList:
     if not folder.is_dir():
         raise UserError(f"dataset {name}: folder not found: {folder}; {_how_to_get(name)}")
-    samples, classes = scan_image_folder(folder)
+    samples, classes = scan_image_folder(folder, classes)
     if num_classes is not None and len(classes) != num_classes:
         raise UserError(f"dataset {name}: {folder} has {len(classes)} class folders, expected {num_classes}")
     return ImageList(samples, classes, transform, skip_bad_images, origin=str(folder))
@@ -210,7 +218,7 @@ def image_list_dataset(root, split: str = "train", *, sample_rate: int = 100, do
     names_file = path / "image_list" / "classes.txt"
     classes = None
     if names_file.is_file():
-        classes = [line.strip() for line in names_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        classes = [text for _, text in text_lines(names_file) if text]
     return _from_lists("ImageList", path, split, sample_rate, classes, len(classes) if classes else None,
                        transform, skip_bad_images)
 
@@ -218,14 +226,17 @@ def image_list_dataset(root, split: str = "train", *, sample_rate: int = 100, do
 @DATASETS.register("ImageFolder")
 def image_folder_dataset(root, split: str = "train", *, sample_rate: int = 100, download: bool = False,
                          transform: Optional[Callable] = None, skip_bad_images: bool = False) -> ImageList:
-    """Custom data as class folders: ``<root>/train/<class>/...``, ``<root>/test/<class>/...`` (or ``val``)."""
+    """Custom data as class folders: ``<root>/train/<class>/...``, ``<root>/test/<class>/...`` (or ``val``).
+
+    Test labels follow the class *names* of ``<root>/train`` (see :func:`scan_image_folder`)."""
     path = _require_root("ImageFolder", root)
     if sample_rate != 100 and split == "train":
         raise UserError("dataset ImageFolder has no -sr lists; use -K to draw K images per class")
     folders = [path / "train"] if split == "train" else [path / "test", path / "val"]
     for folder in folders:
         if folder.is_dir():
-            return _folder_dataset("ImageFolder", folder, transform, skip_bad_images)
+            return _folder_dataset("ImageFolder", folder, transform, skip_bad_images,
+                                   classes=_training_classes(path / "train", split))
     raise UserError(f"dataset ImageFolder: folder not found: {folders[0]} (expected {path}/train/<class>/<image> "
                     f"and {path}/test/<class>/<image>)")
 
@@ -246,7 +257,7 @@ def imagenet_dataset(root, split: str = "train", *, sample_rate: int = 100, down
     if not folder.is_dir():
         raise UserError(f"dataset ImageNet: folder not found: {folder} (torchvision's layout: "
                         f"<root>/train/<wnid>/, <root>/val/<wnid>/; https://image-net.org/)")
-    samples, wnids = scan_image_folder(folder)
+    samples, wnids = scan_image_folder(folder, _training_classes(path / "train", split))
     names = list(wnids)
     meta = path / "meta.bin"
     if meta.is_file():

@@ -274,11 +274,25 @@ def build_fashion_mnist_task(cfg, train_transform: Callable, eval_transform: Cal
                         eval_transform=eval_transform)
 
 
+def _link_or_copy(src: Path, folder: Path) -> None:
+    """``folder/src.name`` as a symlink to ``src`` (a copy where links fail); whatever is already
+    at that name (a file, a link, a folder) is the user's and is left as it is."""
+    dst = folder / src.name
+    try:
+        dst.symlink_to(src)
+    except FileExistsError:
+        return
+    except OSError:
+        with open(src, "rb") as source, open(dst, "xb") as copy:  # "x": never over an existing entry
+            shutil.copyfileobj(source, copy)
+
+
 def prepare_fashion_mnist(root: Optional[str | Path] = None, download: bool = False) -> Path:
     """Put the files in torchvision's layout ``<root>/FashionMNIST/raw`` and return that folder.
 
     Already there (or found in ``root``): nothing to do. Otherwise the files of Debian's
-    ``dataset-fashion-mnist`` package are symlinked (copied if links fail) into place; with
+    ``dataset-fashion-mnist`` package that are missing are symlinked (copied if links fail) into
+    place; a file of the user's already there is never deleted or replaced; with
     ``download``, torchvision downloads them when the Debian files are absent. Without
     ``root`` and with the Debian files present, their folder is returned as is.
     """
@@ -291,16 +305,12 @@ def prepare_fashion_mnist(root: Optional[str | Path] = None, download: bool = Fa
         if not root:
             return DEBIAN_DIR
         raw.mkdir(parents=True, exist_ok=True)
-        for pair in FILES.values():
-            for name in pair:
-                src = _file(DEBIAN_DIR, name)
-                dst = raw / src.name
-                if dst.exists() or dst.is_symlink():
-                    dst.unlink()
-                try:
-                    dst.symlink_to(src)
-                except OSError:
-                    shutil.copyfile(src, dst)
+        for name in (name for pair in FILES.values() for name in pair):
+            if _file(raw, name) is None:
+                _link_or_copy(_file(DEBIAN_DIR, name), raw)
+        if not has_files(raw):
+            raise UserError(f"{raw}: holds files in the place of Fashion-MNIST's that are not its files (they "
+                            f"are the user's and stay untouched); move them away or choose another --root")
         return raw
     if download:
         try:

@@ -14,6 +14,7 @@ folders (``<folder>/<class>/<image>``) are scanned with the same rule.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -51,26 +52,31 @@ def check_relative_path(rel: str, root: str | Path, where: str) -> str:
 MAX_CLASSES = 100_000
 
 
-def _sample_lines(list_file: Path):
-    """``(line number, text)`` of every sample line (blank lines and ``#`` comments skipped).
+def text_lines(text_file: str | Path):
+    """``(line number, stripped text)`` of every line of a text file (a list file, ``classes.txt``).
 
     The file is read as bytes and decoded line by line, so a byte that is not UTF-8, or a NUL
     byte, is a :class:`UserError` naming the line.
     """
-    with open(list_file, "rb") as handle:
+    with open(text_file, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            where = f"{list_file} line {number}"
+            where = f"{text_file} line {number}"
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise UserError(f"{where}: byte 0x{raw[exc.start]:02x} at column {exc.start + 1} is not UTF-8; "
-                                f"save the list file as UTF-8") from None
+                                f"save the file as UTF-8") from None
             if "\x00" in line:
-                raise UserError(f"{where}: NUL byte in the line (a binary file?); list files are text, "
-                                f"'relative/path label' per line")
-            text = line.strip()
-            if text and not text.startswith("#"):
-                yield number, text
+                raise UserError(f"{where}: NUL byte in the line (a binary file?); this file is text, "
+                                f"one entry per line")
+            yield number, line.strip()
+
+
+def _sample_lines(list_file: Path):
+    """``(line number, text)`` of every sample line (blank lines and ``#`` comments skipped)."""
+    for number, text in text_lines(list_file):
+        if text and not text.startswith("#"):
+            yield number, text
 
 
 def read_image_list(list_file: str | Path, root: str | Path,
@@ -131,21 +137,50 @@ def check_labels(dataset, num_classes: int, role: str) -> None:
                     f"training list (0..{num_classes - 1}); fix the label or the list")
 
 
-def scan_image_folder(folder: str | Path) -> tuple[list[tuple[str, int]], list[str]]:
-    """``folder/<class>/**/<image>`` -> (samples, classes); classes sorted by name (torchvision's rule).
+class UntestedClassWarning(UserWarning):
+    """Training classes without test images: their accuracy is not measured."""
 
-    Files that are not images by extension are ignored; symlinks leaving ``folder`` are rejected.
+
+def class_folders(folder: str | Path) -> list[str]:
+    """The class sub-folder names of ``folder``, sorted (torchvision's rule)."""
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+
+
+def scan_image_folder(folder: str | Path, classes: Optional[Sequence[str]] = None
+                      ) -> tuple[list[tuple[str, int]], list[str]]:
+    """``folder/<class>/**/<image>`` -> (samples, classes).
+
+    ``classes``: None for a training folder (its class folders, sorted by name, are the classes);
+    for a test folder, the training classes: labels are given by class *name* (a test folder
+    missing a class shifts nothing), a class folder unknown to training is a :class:`UserError`,
+    and training classes without test images are named in an :class:`UntestedClassWarning`.
+    Files that are not images by extension are ignored; symlinks leaving ``folder`` are rejected,
+    and so is a folder reached twice (a symlink loop, or a second path to a folder): it would
+    repeat images, some under the wrong class.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"image folder not found: {folder}")
     root_real = os.path.realpath(folder)
-    classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
-    if not classes:
+    found = class_folders(folder)
+    if not found:
         raise UserError(f"image folder {folder} has no class sub-folders (expected {folder}/<class>/<image>)")
+    if classes is None:
+        classes = found
+    unknown = [name for name in found if name not in classes]
+    if unknown:
+        raise UserError(f"{folder}: class folder '{unknown[0]}' is not one of the {len(classes)} training classes "
+                        f"(the training folder's sub-folders); rename or remove it")
     samples: list[tuple[str, int]] = []
-    for label, name in enumerate(classes):
+    visited: dict[tuple[int, int], str] = {}
+    for name in found:
+        label = classes.index(name)
         for dirpath, dirnames, filenames in os.walk(folder / name, followlinks=True):
+            info = os.stat(dirpath)
+            first = visited.setdefault((info.st_dev, info.st_ino), dirpath)
+            if first != dirpath:
+                raise UserError(f"{dirpath}: the folder {first} reached a second time through a symlink (a loop "
+                                f"or a second path to it); remove the link, images are listed once")
             dirnames.sort()
             for filename in sorted(filenames):
                 if filename.lower().endswith(IMG_EXTENSIONS):
@@ -156,7 +191,13 @@ def scan_image_folder(folder: str | Path) -> tuple[list[tuple[str, int]], list[s
                     samples.append((real, label))
     if not samples:
         raise UserError(f"image folder {folder} holds no images ({', '.join(IMG_EXTENSIONS)})")
-    return samples, classes
+    if list(classes) != found:
+        tested = {label for _, label in samples}
+        untested = [name for label, name in enumerate(classes) if label not in tested]
+        if untested:
+            warnings.warn(f"{folder}: no test images for training classes {', '.join(untested)}; their "
+                          f"accuracy is not measured", UntestedClassWarning, stacklevel=2)
+    return samples, list(classes)
 
 
 def class_names_from_paths(samples: Sequence[tuple[str, int]], num_classes: int) -> list[str]:

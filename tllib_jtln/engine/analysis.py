@@ -17,7 +17,7 @@ import numpy as np
 from ..config import Config
 from ..errors import UserError
 from . import distributed as D
-from ..fileio import write_json
+from ..fileio import save_figure, write_json
 from .checkpoint import load_checkpoint
 from .logdir import best_checkpoint
 
@@ -64,7 +64,7 @@ def plot_tsne(points: np.ndarray, labels: np.ndarray, domains: np.ndarray, names
     ax.legend(loc="best")
     ax.set_title("t-SNE of the best checkpoint's features (colour: class, marker: domain)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

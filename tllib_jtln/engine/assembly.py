@@ -24,6 +24,7 @@ from ..methods import METHODS, SetupContext, build_method
 from ..models import build_model, create_backbone
 from . import distributed as D
 from .evaluate import eval_batch_size
+from .reporter import bars_wanted
 from .seeding import seed_everything
 
 #: The settings that decide which images (and pixels) a split holds: part of the feature-cache key.
@@ -137,7 +138,7 @@ def make_feature_fn(parts: Parts, state: dict):
                 feats, labels = collect_features(parts.model.forward_features,
                                                  eval_loader_of(parts, dataset, shard=False),
                                                  cache_dir=cache_dir if parts.info.is_main and cache_dir else None,
-                                                 cache_key=cache_key, progress=cfg.progress and parts.info.is_main)
+                                                 cache_key=cache_key, progress=bars_wanted(cfg.progress, parts.info.is_main))
             for old in [k for k in memo if k[1] != epoch]:  # keep the current epoch's features only
                 del memo[old]
             memo[key] = (feats, labels)

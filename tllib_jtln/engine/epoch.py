@@ -100,9 +100,14 @@ def non_finite(cfg: Config, info: D.DistInfo, terms: dict, loss: torch.Tensor, e
     if not cfg.skip_nonfinite:
         raise UserError(f"epoch {epoch + 1}, step {step}: loss term '{bad}' is not finite "
                         f"({float(terms[bad].detach()) if bad in terms else float('nan')}); "
-                        f"lower --lr, or pass --skip-nonfinite to skip such steps")
+                        f"lower --lr{_ot_hint(bad)}, or pass --skip-nonfinite to skip such steps")
     if info.enabled:  # DDP expects a backward after each forward: run it, the grads are dropped
         (loss * 0.0).backward()
+
+
+def _ot_hint(term: str) -> str:
+    """For an optimal-transport term, the Sinkhorn settings that make it finite again."""
+    return ", raise --ot-eps (entropic regularisation) or --ot-iters" if term.startswith("ot") else ""
 
 
 def validate_and_checkpoint(parts: Parts, net: nn.Module, run: StageRun, state: TrainState, record: dict,

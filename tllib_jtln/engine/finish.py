@@ -16,7 +16,7 @@ import torch
 from ..errors import UserError
 from . import distributed as D
 from .assembly import Parts, eval_loader_of, source_class_names
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, restore
 from .evaluate import EvalResult, evaluate
 from .logdir import best_checkpoint, write_summary
 from .plots import plot_curves, save_cost_files, save_transport
@@ -32,7 +32,8 @@ def finish(parts: Parts, state: TrainState, reporter: Reporter) -> dict:
     if best is None:
         raise UserError("no epoch was completed; nothing to test")
     D.barrier()
-    parts.model.load_state_dict(load_checkpoint(best_checkpoint(log_dir), map_location="cpu")["model"])
+    path = best_checkpoint(log_dir)
+    restore(path, "model weights", parts.model.load_state_dict, load_checkpoint(path, map_location="cpu")["model"])
     source_names = source_class_names(parts.model, task)
     ks = len(source_names) if source_names else 0
     amp = bool(parts.cfg.amp and parts.device.type == "cuda")

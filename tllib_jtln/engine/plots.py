@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..fileio import write_text
+from ..fileio import save_figure, write_text
 from .logdir import loss_keys
 
 
@@ -82,8 +82,7 @@ def plot_curves(records: Sequence[dict], path: str | Path) -> Path:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)
     return path
 
 
@@ -199,8 +198,7 @@ def save_transport(folder: str | Path, source_classes: Sequence[str], target_cla
         ax.set_ylabel("source class" + (f" (the {ks} of {ks_all} in some top {k})" if ks < ks_all else ""))
         ax.set_title(f"{title}; first choice outlined", fontsize=9)
     fig.tight_layout()
-    png = folder / "transport.png"
-    fig.savefig(png)
+    png = save_figure(fig, folder / "transport.png")
     return txt, png
 
 

@@ -1,7 +1,7 @@
 """What a run tells its user: the lines it prints and the ``metrics.jsonl`` it writes, in one place.
 
 Only the main process (rank 0 under DDP) prints and writes. During an epoch a progress bar
-(tqdm under ``--progress``, else TLlib-style lines every ``--print-freq`` steps) shows the loss
+(tqdm under ``--progress`` on a terminal, else TLlib-style lines every ``--print-freq`` steps) shows the loss
 terms; after it, one line per epoch (loss terms, validation accuracies, learning rate) and one
 ``metrics.jsonl`` record; a method's warnings (:meth:`Method.epoch_warnings
 <tllib_jtln.methods.Method.epoch_warnings>`) go to stderr once per run.
@@ -28,13 +28,19 @@ def _val_text(record: dict, mean_class: bool = True) -> str:
     return text + (f", mean class {100 * record['val_mean_class_acc']:.2f}%" if mean_class else "")
 
 
+def bars_wanted(enabled: bool, is_main: bool) -> bool:
+    """Whether to draw tqdm bars: asked for (``--progress``), on the main process, and stderr (where
+    tqdm draws) is a terminal, as tqdm users expect (a log file gets lines, not carriage returns)."""
+    return enabled and is_main and sys.stderr.isatty()
+
+
 class ProgressBar:
-    """tqdm on the main process (when ``--progress``), TLlib-style lines every ``print_freq`` otherwise."""
+    """tqdm when :func:`bars_wanted`, TLlib-style lines every ``print_freq`` otherwise."""
 
     def __init__(self, enabled: bool, is_main: bool, total: int, desc: str, print_freq: int):
         self.is_main, self.desc, self.print_freq, self.total = is_main, desc, print_freq, total
         self.bar = None
-        if enabled and is_main:
+        if bars_wanted(enabled, is_main):
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False, file=sys.stderr)
@@ -83,7 +89,9 @@ class Reporter:
         """Drop what a killed run wrote after ``epoch`` and say where the run continues."""
         if self.is_main:
             self.metrics.truncate_after(epoch)
-        self.say(f"resumed {log_dir} after epoch {epoch}")
+        left = ("every epoch is done; running the test pass" if epoch >= self.total_epochs
+                else f"continuing with epoch {epoch + 1}")
+        self.say(f"resumed {log_dir} after epoch {epoch}: {left}")
 
     def record(self, record: dict, warnings: list[str]) -> None:
         """The epoch's ``metrics.jsonl`` line, after the method's warnings (the first epoch that has any)."""

@@ -22,10 +22,9 @@ import torch
 
 from ..config import Config
 from ..data import JointLoader
-from ..errors import UserError
 from . import distributed as D
 from .assembly import Parts
-from .checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from .checkpoint import FORMAT, check_last, load_checkpoint, restore, save_checkpoint
 from .logdir import best_checkpoint, last_checkpoint
 from .seeding import rng_state, set_rng_state
 from .step import batch_to_device
@@ -137,21 +136,17 @@ def save_progress(parts: Parts, run: StageRun, state: TrainState, improved: bool
 
 
 def resume_progress(parts: Parts, state: TrainState, num_stages: int) -> dict:
-    """Load ``last.pt`` into the model, the method and ``state`` (the RNG included); returns the
-    checkpoint, whose stage part :meth:`StageRun.load_state_dict` takes when its stage starts."""
+    """Load ``last.pt`` (checked by :func:`~tllib_jtln.engine.checkpoint.check_last`) into the model,
+    the method and ``state`` (the RNG included); returns the checkpoint, whose stage part
+    :meth:`StageRun.load_state_dict` takes when its stage starts. A checkpoint with every epoch
+    done leaves nothing to train: the run goes on to its test pass."""
     cfg, log_dir = parts.cfg, parts.log_dir
-    ckpt = load_checkpoint(last_checkpoint(log_dir), map_location="cpu")
-    if ckpt.get("format") != FORMAT:
-        raise UserError(f"{last_checkpoint(log_dir)}: checkpoint format {ckpt.get('format')} is not "
-                        f"{FORMAT}; start over with --overwrite")
-    done = int(ckpt["epoch"])
-    if done >= num_stages * cfg.epochs:
-        raise UserError(f"--resume: the checkpoint has {done} epochs done and the run has "
-                        f"{num_stages * cfg.epochs} ({num_stages} stage(s) x --epochs {cfg.epochs}); "
-                        f"raise --epochs to train further")
-    parts.model.load_state_dict(ckpt["model"])
-    parts.method.load_state_dict(D.to_device(ckpt["method"], parts.device))
-    state.load_state_dict(ckpt)
+    path = last_checkpoint(log_dir)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    check_last(ckpt, path, cfg.method, num_stages, cfg.epochs)
+    restore(path, "model weights", parts.model.load_state_dict, ckpt["model"])
+    restore(path, "method state", parts.method.load_state_dict, D.to_device(ckpt["method"], parts.device))
+    restore(path, "counters or RNG state", state.load_state_dict, ckpt)
     return ckpt
 
 

@@ -33,12 +33,14 @@ import torch
 import torch.nn as nn
 
 from ..config import Config
-from ..errors import UserError
+from ..errors import UserError, one_line
 from . import distributed as D
 from .assembly import Parts, assemble, eval_loader_of, make_context
 from .epoch import train_epoch, validate_and_checkpoint
+from .checkpoint import restore
 from .finish import finish, save_artifacts
-from .logdir import check_free_space, clear_run, prepare_log_dir, release_log_dirs, write_config, write_env
+from .logdir import (check_free_space, clear_run, last_checkpoint, prepare_log_dir, release_log_dirs, resume_hint,
+                     write_config, write_env)
 from .reporter import Reporter
 from .seeding import seed_everything
 from .selection import check_validation, selection_of
@@ -60,6 +62,11 @@ def train(cfg: Config, *, stop_after_epoch: Optional[int] = None) -> dict:
         result = _train(cfg, info, device, stop_after_epoch)
         D.barrier()  # rank 0 may still be writing plots: tear the process group down together
         return result
+    except OSError as exc:  # a full disk, a vanished folder: the atomic writes kept the previous files
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise UserError(f"{where}{exc.strerror or one_line(exc)}; {resume_hint(cfg.log)}") from None
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(resume_hint(cfg.log)) from None
     finally:
         release_log_dirs()  # the lock on --log taken by prepare_log_dir
         D.cleanup()
@@ -94,13 +101,16 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
 
 def _open_log(parts: Parts, reporter: Reporter) -> None:
     """Once every rank has checked the folder and built its model: the free space, then (main
-    process) the previous run's files removed under ``--overwrite``, ``config.yaml``, ``env.json``."""
+    process) the previous run's files removed (under ``--overwrite``, or left by a run stopped
+    before its first checkpoint; each named), ``config.yaml``, ``env.json``."""
     cfg, info, log_dir = parts.cfg, parts.info, parts.log_dir
     D.barrier()
     if info.is_main:
         check_free_space(log_dir, parts.model)
-        if cfg.overwrite and not cfg.resume:
-            clear_run(log_dir)
+        removed = [] if cfg.resume else clear_run(log_dir)
+        if removed:
+            why = "--overwrite" if cfg.overwrite else "the run stopped before its first checkpoint; starting it again"
+            reporter.say(f"{why}: removed {', '.join(removed)} from {log_dir}")
         write_config(cfg.to_dict(), log_dir)
         write_env(log_dir, str(parts.device), info.world_size)
         reporter.say(parts.task.summary() if hasattr(parts.task, "summary") else parts.task.name)
@@ -166,7 +176,7 @@ def _enter_stage(parts: Parts, ctx, stages: list, index: int, ckpt: Optional[dic
     then the method's :meth:`~tllib_jtln.methods.Method.on_stage_start`."""
     run = StageRun.start(parts, stages, index)
     if ckpt is not None and ckpt.get("stage") == index:  # resumed inside this stage
-        run.load_state_dict(ckpt)
+        restore(last_checkpoint(parts.log_dir), "optimizer, schedule or loader state", run.load_state_dict, ckpt)
     parts.method.on_stage_start(index, ctx)
     share_method_state(parts)
     return run

@@ -30,6 +30,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .backbones import create_backbone
 from .base import Backbone
+from .input_size import check_input_size
 from .memory_format import apply_memory_format
 
 
@@ -180,6 +181,8 @@ def build_model(cfg: Any, task: Any) -> JointClassifier:
     image_size = getattr(task, "image_size", None) or cfg.image_size
     backbone = create_backbone(cfg.arch, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file,
                                in_chans=getattr(task, "in_chans", 3), image_size=image_size)
+    if image_size:
+        check_input_size(backbone, getattr(task, "in_chans", 3), image_size, cfg.arch)
     source_classes = getattr(task, "source_classes", None)
     source_free = getattr(task, "source_train", None) is None
     pretrained_head = backbone.pretrained_head
