@@ -55,7 +55,7 @@ def test_l2sp_is_half_the_squared_distance_to_the_starting_point_summed_by_hand(
 
 def test_l2_of_the_head_is_half_the_squared_norm_summed_by_hand():
     head, bottleneck = nn.Linear(4, 3), nn.Linear(5, 4)
-    expected = sum(0.5 * float((p ** 2).sum()) for m in (bottleneck, head) for p in m.parameters())
+    expected = sum(0.5 * float((p.detach() ** 2).sum()) for m in (bottleneck, head) for p in m.parameters())
     assert L2Regularization()([bottleneck, head]).item() == pytest.approx(expected, rel=1e-6)
 
 
