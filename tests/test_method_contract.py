@@ -16,6 +16,7 @@ from tllib_jtln.cli import build_parser
 from tllib_jtln.config import Config
 from tllib_jtln.data import JointBatch
 from tllib_jtln.engine.run import resolve_config, train_from_flags
+from tllib_jtln.engine.trainer import train
 from tllib_jtln.engine.state import build_optimizer
 from tllib_jtln.errors import UserError
 from tllib_jtln.methods import REGULARIZERS, SetupContext, build_method
@@ -285,3 +286,18 @@ def test_co_tuning_relationship_file_is_written_once_and_read_back(tmp_path):
         build_method(cfg, make_task(source=False)).setup(ctx)
     with pytest.raises(UserError, match="--relationship relationship.npy: with source data"):
         build_method(cfg, make_task(source=True))
+
+
+def test_a_resumed_run_keeps_the_starting_point_and_the_attention(data_root, tmp_path):
+    """On resume the starting weights come from the fresh model (before the checkpoint is loaded) and
+    DELTA's attention from the checkpoint: the resumed run ends with the weights of the uninterrupted one."""
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    common = dict(method="delta", delta_attention_iters=1, epochs=2, lr_decay_epochs=[1])
+    train(resolve_config(tiny_flags(data_root, once, **common)))
+    train(resolve_config(tiny_flags(data_root, twice, **common)), stop_after_epoch=1)
+    assert train_from_flags({"resume": True, "log": str(twice), "progress": False}) == 0
+    a = torch.load(once / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(twice / "checkpoints" / "last.pt", weights_only=True)
+    assert all(torch.equal(t, b["model"][k]) for k, t in a["model"].items())
+    assert a["method"].keys() == b["method"].keys()
+    assert all(torch.equal(t, b["method"][k]) for k, t in a["method"].items())

@@ -54,7 +54,8 @@ EMBEDDED_RECIPE: dict = {
 IDENTITY_FIELDS = ("method", "data", "source_data", "arch", "pretrained", "bottleneck_dim", "image_size",
                    "num_samples_per_class", "val_per_class", "val_split", "source_per_class", "sample_rate", "seed",
                    "data_seed",
-                   "batch_size", "source_batch_size", "iters_per_epoch", "cost")
+                   "batch_size", "source_batch_size", "iters_per_epoch", "cost",
+                   "regularizers")
 
 #: Hidden, for tests: stop cleanly after this many epochs (as if the run had been killed then).
 STOP_AFTER_ENV = "TLLIB_JTLN_STOP_AFTER_EPOCH"
