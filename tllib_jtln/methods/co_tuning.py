@@ -72,6 +72,7 @@ class CoTuning(Method):
             raise UserError("--method co_tuning needs a source head: give --source-data, or a backbone with a "
                             "pretrained classifier (drop --no-pretrained, or give --pretrained-file)")
         model.set_source_head_lr(1.0)
+        super().prepare_model(model)
 
     def compute_relation(self, ctx: SetupContext, refresh: bool = False) -> Tensor:
         """``R`` (Kt, Ks) on ``ctx.device`` from the source head's predictions on the target training images
@@ -89,6 +90,7 @@ class CoTuning(Method):
         return relation.to(ctx.device)
 
     def setup(self, ctx: SetupContext) -> None:
+        super().setup(ctx)
         if not self.uses_source:
             self.relation = self.compute_relation(ctx)
 
