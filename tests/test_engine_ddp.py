@@ -61,3 +61,17 @@ def test_nproc_per_node_flag_matches_torchrun(torchrun_run):
         if key != "wall_time_s":
             assert a[key] == b[key], key
     assert out.stdout.count("best epoch") == 1 and out.stdout.count("recipe:") == 1
+
+
+def test_two_process_run_with_regularisers_reading_features_feature_maps_and_a_frozen_copy(tmp_path):
+    """DELTA's hooks and frozen copy, and BSS's features, under DDP: one forward through the wrapper per
+    step, the channel attention computed on rank 0 and broadcast."""
+    log = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "tllib_jtln", "train", "--nproc-per-node", "2",
+           *tiny_argv(tmp_path / "data", log, method="jtln", regularizers="delta,bss", delta_attention_iters=1,
+                      epochs=1, lr_decay_epochs=[1])]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=ENV)
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((log / "metrics.jsonl").read_text().splitlines()[0])
+    assert all(np.isfinite(record[k]) for k in ("train_delta_backbone", "train_delta_head", "train_bss", "train_ot"))
+    assert json.loads((log / "summary.json").read_text())["world_size"] == 2

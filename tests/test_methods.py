@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import copy
 from types import SimpleNamespace
 
 import numpy as np
@@ -46,8 +47,10 @@ def make_ctx(model: JointClassifier) -> SetupContext:
         model.train()
         return feats, labels[split]
 
+    datasets = {split: torch.utils.data.TensorDataset(images[split], labels[split]) for split in images}
     ctx = SetupContext(model=model, device=torch.device("cpu"), feature_fn=feature_fn,
-                       source_classes=[f"s{i}" for i in range(KS)], target_classes=[f"t{i}" for i in range(KT)])
+                       source_classes=[f"s{i}" for i in range(KS)], target_classes=[f"t{i}" for i in range(KT)],
+                       dataset_fn=datasets.__getitem__)
     ctx.calls = calls
     return ctx
 
@@ -73,6 +76,7 @@ def test_every_method_trains_both_stages(name):
     method = build_method(cfg, task)
     model, ctx = make_model(), make_ctx(make_model())
     ctx.model = model
+    start = copy.deepcopy(model)  # the weights a resumed run's fresh model has
     run_setup(method, model, ctx)
     assert method.uses_target
     seen = set()
@@ -89,15 +93,18 @@ def test_every_method_trains_both_stages(name):
     # by the end of training the target head has learnt
     assert model.target_head.weight.grad is not None and model.target_head.weight.grad.abs().sum() > 0
     assert "ce_target" in seen
-    # state round trip: a fresh method with the loaded state gives the same losses
+    # state round trip, as a resumed run: a fresh model at the starting weights, prepare_model, then
+    # the trained weights and the method's state: the same losses
     state = method.state_dict()
-    other = build_method(cfg, task)
+    other, resumed = build_method(cfg, task), start
+    other.prepare_model(resumed)
+    resumed.load_state_dict(model.state_dict())
     other.load_state_dict(state)
     other.on_stage_start(len(stages) - 1, ctx)  # as the engine does on resume
     batch = make_batch(method.uses_source)
     torch.manual_seed(3)
     a = {k: v.item() for k, v in method.losses(model.eval(), batch, 0.9).items()}
-    b = {k: v.item() for k, v in other.losses(model, batch, 0.9).items()}
+    b = {k: v.item() for k, v in other.losses(resumed.eval(), batch, 0.9).items()}
     assert a == pytest.approx(b)
 
 
@@ -125,14 +132,15 @@ def test_joint_forwards_once():
     calls = []
     model = make_model()
 
-    def counting(x):
+    def counting(x, **kw):
         calls.append(x.shape[0])
-        return model(x)
+        return model(x, **kw)
 
     terms = build_method(make_cfg("joint"), make_task()).losses(counting, make_batch(), 0.5)
     assert calls == [10] and set(terms) == {"ce_source", "ce_target"}
     out_s, out_t = forward_joint(model, None, torch.randn(3, 1, SIZE, SIZE))
-    assert out_s is None and out_t[0].shape == (3, KS) and out_t[1].shape == (3, KT)
+    assert out_s is None and out_t.source_logits.shape == (3, KS) and out_t.target_logits.shape == (3, KT)
+    assert out_t.features.shape == (3, model.head_dim)
 
 
 def _ot_grads(cfg, source=True, pretrained_head=False):

@@ -68,6 +68,9 @@ def _list_entries(kind: str, pattern: str | None) -> list[str]:
     if kind == "costs":
         from .cost import COSTS
         return COSTS.names()
+    if kind == "regularizers":
+        from .methods import REGULARIZERS
+        return REGULARIZERS.names()
     from .models import list_archs
     return list_archs(pattern)
 
@@ -149,8 +152,8 @@ def build_parser() -> OneLineParser:
     _add_run_arguments(test)
     test.set_defaults(func=cmd_test)
 
-    lst = sub.add_parser("list", help="show registered methods, datasets, archs or costs")
-    lst.add_argument("kind", choices=("methods", "datasets", "archs", "costs"))
+    lst = sub.add_parser("list", help="show registered methods, datasets, archs, costs or regularizers (--with)")
+    lst.add_argument("kind", choices=("methods", "datasets", "archs", "costs", "regularizers"))
     lst.add_argument("--filter", default=None, help="shell pattern, e.g. 'resnet*'")
     lst.set_defaults(func=cmd_list)
 

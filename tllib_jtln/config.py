@@ -27,8 +27,10 @@ from .errors import UserError
 
 
 def _opt(default: Any, help: str, flags: tuple[str, ...] = (), choices: tuple | None = None,
-         nargs: str | None = None, path_value: bool = False) -> Any:
-    meta = {"help": help, "flags": flags, "choices": choices, "nargs": nargs, "path_value": path_value}
+         nargs: str | None = None, path_value: bool = False, names: bool = False) -> Any:
+    """A field's default and flag metadata; ``names``: a list of names, ``a,b`` on the command line."""
+    meta = {"help": help, "flags": flags, "choices": choices, "nargs": nargs, "path_value": path_value,
+            "names": names}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -100,6 +102,8 @@ class Config:
                             path_value=True)
     pretrained_file: Optional[str] = _opt(None, "local weights file (.safetensors or .pth) for the backbone")
     bottleneck_dim: Optional[int] = _opt(None, "optional bottleneck width between trunk and heads")
+    pool: bool = _opt(True, "TLlib's --no-pool is accepted and changes nothing: every backbone here returns pooled "
+                            "(B, D) features already (timm's own pooling, a ViT's class token)")
     finetune: bool = _opt(True, "backbone at 0.1x the heads' learning rate (TLlib's --finetune)")
     freeze_bn: bool = _opt(False, "keep BatchNorm statistics from pretraining (BN layers in eval mode)")
     channels_last: bool = _opt(False, "use channels_last memory format for the model and batches")
@@ -114,7 +118,9 @@ class Config:
                      flags=("--lr", "--learning-rate"))
     lr_gamma: float = _opt(0.1, "learning-rate decay factor")
     lr_decay_epochs: list = _opt([12], "epochs at which the learning rate decays", nargs="+")
-    momentum: float = _opt(0.9, "SGD (Nesterov) momentum")
+    momentum: float = _opt(0.9, "SGD (Nesterov) momentum; Adam's beta1")
+    optimizer: str = _opt("SGD", "SGD (Nesterov momentum, TLlib's default) or Adam (TLlib's --optimizer)",
+                          choices=("SGD", "Adam"))
     wd: float = _opt(5e-4, "weight decay", flags=("--wd", "--weight-decay"))
     seed: int = _opt(0, "random seed")
     data_seed: Optional[int] = _opt(None, "seed of the data draws (K-shot subset, validation carve, source cap); "
@@ -125,6 +131,24 @@ class Config:
     # --- methods
     trade_off: float = _opt(2.3, "weight of the method's regulariser: co_tuning's soft-label loss (TLlib's 2.3), "
                                  "jtln's OT term (= --ot-weight)")
+    regularizers: list = _opt([], "TLlib regularisers added to erm, joint or jtln: bss, l2sp, delta (tllib-jtln list "
+                                  "regularizers); --with bss,l2sp or a YAML list", flags=("--with", "--regularizers"),
+                              names=True)
+    bss_k: int = _opt(1, "bss: how many of the smallest singular values of the batch features are shrunk (TLlib's -k)")
+    bss_trade_off: float = _opt(0.001, "bss: weight of the BSS term (TLlib's --trade-off for bss.py)")
+    trade_off_backbone: float = _opt(0.01, "l2sp/delta: alpha, weight of the backbone term (distance to the starting "
+                                           "weights; DELTA: of the feature maps), TLlib's")
+    trade_off_head: float = _opt(0.01, "l2sp/delta: beta, weight of the new head's L2 penalty, TLlib's")
+    delta_attention_epochs: int = _opt(10, "delta: epochs fitting the linear head the channel attention is measured "
+                                           "with (TLlib's --attention-epochs)")
+    delta_attention_iters: int = _opt(10, "delta: batches the filter importance is averaged over (TLlib's "
+                                          "--attention-iteration-limit)")
+    delta_attention_batch_size: int = _opt(32, "delta: batch size of the channel-attention computation")
+    relationship: Optional[str] = _opt(None, "co_tuning: the category relation file (.npy, target x source classes, "
+                                             "TLlib's --relationship): read when it exists, else computed and written "
+                                             "there (a relative path is under --log); none: computed, kept in the "
+                                             "checkpoint")
+    # stochnorm, lwf, bi_tuning: their knobs go here
 
     # --- JTLN (see the spec: docs/method.md)
     ot_on: str = _opt("target", "which samples feed the OT term; target (the paper's): the source head's "
@@ -176,7 +200,7 @@ class Config:
         """Set fields from a mapping (YAML or flags); unknown keys and wrong types are UserErrors."""
         names = self.field_names()
         for raw_key, value in values.items():
-            key = str(raw_key).replace("-", "_")
+            key = KEY_ALIASES.get(str(raw_key), str(raw_key).replace("-", "_"))
             if key not in names:
                 close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -260,6 +284,9 @@ def parse_class_split(text: str) -> tuple[int, int, int]:
     return index, num_source, num_target
 
 
+#: YAML keys that name a field by its flag's word: ``with: [bss, l2sp]`` is ``regularizers``.
+KEY_ALIASES = {"with": "regularizers"}
+
 #: The sample rates of TLlib's list files (``image_list/train_{sr}.txt``).
 SAMPLE_RATES = (100, 50, 30, 15)
 
@@ -286,6 +313,8 @@ _RANGES = [
     ("trade_off", 0.0, None),
     ("ot_weight", 0.0, None), ("ot_iters", 1, None), ("ot_tol", 0.0, None), ("ot_smooth", 0.0, 0.5),
     ("cost_k", 1, None), ("cost_refresh", 0, None), ("seed", 0, MAX_SEED), ("data_seed", 0, MAX_SEED),
+    ("bss_k", 1, None), ("bss_trade_off", 0.0, None), ("trade_off_backbone", 0.0, None), ("trade_off_head", 0.0, None),
+    ("delta_attention_epochs", 0, None), ("delta_attention_iters", 1, None), ("delta_attention_batch_size", 1, None),
 ]
 
 _TYPES = {f.name: f.type for f in fields(Config)}
@@ -305,12 +334,15 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         "float": isinstance(value, (int, float)) and not isinstance(value, bool),
         "bool": isinstance(value, bool),
         "str": isinstance(value, str),
-        "list": isinstance(value, list) or (isinstance(value, int) and not isinstance(value, bool)),
+        "list": isinstance(value, (list, str)) if meta.get("names") else (
+            isinstance(value, list) or (isinstance(value, int) and not isinstance(value, bool))),
     }[base]
     if not ok:
         raise UserError(f"{source}: setting '{key}' must be {base}, got {value!r}")
     if base == "float":
         value = float(value)
+    if base == "list" and meta.get("names"):
+        return _names(key, value, source)
     if base == "list":
         value = value if isinstance(value, list) else [value]
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
@@ -319,6 +351,19 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     if choices and value not in choices:
         raise UserError(f"{source}: setting '{key}' must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def split_names(text: str) -> list[str]:
+    """``"bss, l2sp"`` -> ``["bss", "l2sp"]`` (empty items dropped)."""
+    return [name.strip() for name in str(text).split(",") if name.strip()]
+
+
+def _names(key: str, value: Any, source: str) -> list[str]:
+    """A names setting from ``a,b`` or a list of strings."""
+    items = split_names(value) if isinstance(value, str) else value
+    if not all(isinstance(v, str) for v in items):
+        raise UserError(f"{source}: setting '{key}' must be a list of names, got {value!r}")
+    return [v.strip() for v in items if v.strip()]
 
 
 def load_yaml(path: str | Path, flag: str = "--config") -> dict:
@@ -359,7 +404,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         if meta.get("choices"):
             kw["choices"] = meta["choices"]
-        if base == "list":
+        if meta.get("names"):
+            kw.update(type=split_names, metavar="NAME[,NAME]")
+        elif base == "list":
             kw.update(type=int, nargs=meta.get("nargs") or "+")
         else:
             kw["type"] = {"int": int, "float": float, "str": str}[base]

@@ -48,12 +48,14 @@ class Parts:
 
 
 def assemble(cfg: Config, device: torch.device, info: D.DistInfo, log_dir: str | Path) -> Parts:
-    """Seed, then task, method, model (``method.prepare_model``: before the optimizer and DDP), on ``device``."""
+    """Seed, then task, method, model on ``device`` and ``method.prepare_model`` (before the optimizer and
+    DDP; what it copies of the model, e.g. the starting weights, is on the device too; layers it swaps
+    in are moved there after)."""
     seed_everything(cfg.seed)
     METHODS.get(cfg.method)  # an unknown method fails before any data is read
     task = build_run_task(cfg)
     method = build_method(cfg, task)  # checks the settings against the data
-    model = build_model(cfg, task)
+    model = build_model(cfg, task).to(device)
     method.prepare_model(model)
     return Parts(cfg=cfg, task=task, model=model.to(device), device=device, info=info, log_dir=Path(log_dir),
                  eval_batch_size=eval_batch_size(cfg, task.image_size, device), method=method)
@@ -153,4 +155,4 @@ def make_context(parts: Parts, state: dict):
     return SetupContext(model=parts.model, device=parts.device, feature_fn=make_feature_fn(parts, state),
                         source_classes=source_class_names(parts.model, task),
                         target_classes=task.target_classes, log_dir=parts.log_dir,
-                        is_main=parts.info.is_main)
+                        is_main=parts.info.is_main, dataset_fn=task.eval_view)

@@ -4,7 +4,7 @@
 It is built from the engine's own pieces, so that only the loop differs: the run assembled as
 training assembles it (:func:`~tllib_jtln.engine.assembly.assemble`: task, method, model with
 ``--channels-last`` included), the optimiser of :func:`~tllib_jtln.engine.state.build_optimizer`
-(SGD Nesterov over the same parameter groups), the method set up on the model, and ONE pre-made
+(SGD Nesterov over the method's parameter groups), the method set up on the model, and ONE pre-made
 batch of random images with the run's shapes (``(B_s, C, H, W)`` source and ``(B_t, C, H, W)``
 target, random labels). One step is the engine's (:mod:`tllib_jtln.engine.step`)::
 
@@ -57,7 +57,7 @@ def bare_step(cfg: Config, log_dir: str | Path, *, compile_model: bool = False, 
     method.setup(ctx)
     method.on_stage_start(0, ctx)  # as the engine: the first stage, then its first epoch
     method.on_epoch_start(0, ctx)
-    optimizer, _ = build_optimizer(cfg, model)
+    optimizer, _ = build_optimizer(cfg, model, method)
     gen = torch.Generator().manual_seed(seed)
     shape = (task.in_chans, task.image_size, task.image_size)
     bs, bt = cfg.source_batch_size or cfg.batch_size, cfg.batch_size

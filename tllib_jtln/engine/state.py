@@ -2,7 +2,8 @@
 
 - :class:`TrainState`: the counters of the whole run (epochs, steps, best validation record,
   images seen, wall time) and the RNG state;
-- :class:`StageRun`: the stage in progress: its optimizer (SGD, Nesterov), MultiStepLR schedule,
+- :class:`StageRun`: the stage in progress: its optimizer (SGD with Nesterov momentum, or Adam),
+  over the method's parameter groups, MultiStepLR schedule,
   AMP gradient scaler and :class:`~tllib_jtln.data.JointLoader`;
 - :func:`save_progress` writes ``best.pt`` (when the epoch improved) and ``last.pt``;
   :func:`resume_progress` reads ``last.pt`` back into the model, the method and the state. Both
@@ -66,10 +67,16 @@ class TrainState:
         set_rng_state(ckpt["rng"])
 
 
-def build_optimizer(cfg: Config, model: torch.nn.Module):
-    """SGD with Nesterov momentum over ``model.get_parameters(lr)``; MultiStepLR stepped per epoch."""
-    optimizer = torch.optim.SGD(model.get_parameters(cfg.lr), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd,
-                                nesterov=True)
+def build_optimizer(cfg: Config, model: torch.nn.Module, method: Any = None):
+    """``--optimizer``: SGD with Nesterov momentum (TLlib's) or Adam (``betas=(momentum, 0.999)``) over
+    ``method.param_groups(model, lr)`` (default, and without a method: ``model.get_parameters(lr)``,
+    TLlib's groups; a group's own ``weight_decay`` wins over ``--wd``); MultiStepLR stepped per epoch."""
+    groups = method.param_groups(model, cfg.lr) if method is not None else model.get_parameters(cfg.lr)
+    if cfg.optimizer == "Adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999),
+                                                            weight_decay=cfg.wd)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd, nesterov=True)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.lr_decay_epochs),
                                                      gamma=cfg.lr_gamma)
     return optimizer, scheduler
@@ -92,7 +99,7 @@ class StageRun:
         """A fresh optimizer and MultiStepLR over the full schedule, and the stage's streams (seeded by
         ``--seed`` alone, so a stage sees the same batches as a one-stage method on the same stream)."""
         cfg, task, info, stage = parts.cfg, parts.task, parts.info, stages[index]
-        optimizer, scheduler = build_optimizer(cfg, parts.model)
+        optimizer, scheduler = build_optimizer(cfg, parts.model, parts.method)
         loader = JointLoader(task.source_train if stage.uses_source else None,
                              task.target_train if stage.uses_target else None,
                              source_batch_size=cfg.source_batch_size or cfg.batch_size,

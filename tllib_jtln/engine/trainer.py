@@ -12,8 +12,8 @@ streams it uses. A run reads as its pieces, one module each::
         validate_and_checkpoint(...)                # epoch: validation, best.pt, last.pt, the report
     finish(parts, state, reporter)                  # finish: the test pass, the views, summary.json
 
-Parameter groups come from ``JointClassifier.get_parameters(lr)`` (backbone at 0.1x under
-``--finetune``). The epoch with the best validation top-1 (ties: the better mean per-class
+Parameter groups come from ``method.param_groups(model, lr)`` (by default TLlib's
+``JointClassifier.get_parameters(lr)``: backbone at 0.1x under ``--finetune``). The epoch with the best validation top-1 (ties: the better mean per-class
 accuracy, then the earlier epoch) is kept in ``checkpoints/best.pt`` and evaluated on the target
 test split at the end. ``images_seen`` counts the images forwarded per stream.
 

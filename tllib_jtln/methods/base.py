@@ -3,9 +3,9 @@
 The engine's order of calls (it never special-cases a method)::
 
     method = build_method(cfg, task)          # checks the settings against the data
-    model = build_model(cfg, task)
+    model = build_model(cfg, task).to(device)
     method.prepare_model(model)               # before DDP wrapping and the optimizer (also on resume)
-    optimizer = SGD(model.get_parameters(cfg.lr), ...)
+    optimizer = SGD(method.param_groups(model, cfg.lr), ...)   # default: model.get_parameters(lr)
     method.setup(ctx)                         # once: cost matrix, relation, ... (or load_state_dict on resume)
     for index, stage in enumerate(method.stages()):   # each stage: its own optimizer, schedule and loader
         method.on_stage_start(index, ctx)
@@ -18,7 +18,23 @@ The engine's order of calls (it never special-cases a method)::
             warnings = method.epoch_warnings(means_of_the_epoch)
 
 ``model`` in :meth:`Method.losses` is a callable returning ``(source_logits (B, Ks),
-target_logits (B, Kt))``: possibly a DDP wrapper, so methods only ever call ``model(x)``.
+target_logits (B, Kt))``, or with ``model(x, with_features=True)`` a
+:class:`~tllib_jtln.models.classifier.ForwardOutput` that adds the features the target head reads
+``(B, F)``: possibly a DDP wrapper, so methods only ever call ``model(x)``, once per step.
+
+What a method may ask for, all from its own file:
+
+- the model itself (unwrapped, on its device, at its starting weights) in :meth:`Method.prepare_model`:
+  a frozen copy (:func:`~tllib_jtln.methods.regularizer.frozen_copy`), feature-map hooks
+  (:class:`~tllib_jtln.models.feature_maps.FeatureMapRecorder` on ``model.backbone.feature_layers()``);
+- the features of the batch: ``model(x, with_features=True)`` (or :func:`forward_joint`);
+- the optimiser's parameter groups: :meth:`Method.param_groups`;
+- the data, in :meth:`Method.setup`: ``ctx.features(split)``, ``ctx.dataset(split)``;
+- TLlib's regularisers (:mod:`~tllib_jtln.methods.regularizer`): a method with
+  ``takes_regularizers = True`` adds ``--with`` ones (and its ``built_in`` ones) by calling
+  :meth:`Method.regularizer_terms` with the :class:`~tllib_jtln.methods.regularizer.TargetView` of
+  its forward pass. Subclasses that override :meth:`prepare_model`, :meth:`setup` or
+  :meth:`switches` call ``super()`` (the regularisers' hooks run there).
 """
 from __future__ import annotations
 
@@ -32,7 +48,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UserError
+from ..models.classifier import ForwardOutput
 from ..registry import Registry
+from .regularizer import REGULARIZERS, Regularizer, TargetView, check_combination
 
 FeatureFn = Callable[[str], "tuple[Tensor, Tensor]"]
 
@@ -65,6 +83,8 @@ class SetupContext:
             eval mode, ``model.forward_features``); :meth:`features` caches its results.
         source_classes / target_classes: class names (source: None when unknown).
         log_dir: the run's log folder (or None), is_main: rank 0 under DDP.
+        dataset_fn: engine-provided ``split -> Dataset`` of ``(image (C, H, W), label)`` items, the
+            training images of ``split`` through the evaluation transform (:meth:`dataset`).
     """
 
     model: nn.Module
@@ -74,6 +94,7 @@ class SetupContext:
     target_classes: Optional[list] = None
     log_dir: Optional[Path] = None
     is_main: bool = True
+    dataset_fn: Optional[Callable[[str], Any]] = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     def features(self, split: str, refresh: bool = False) -> tuple[Tensor, Tensor]:
@@ -84,11 +105,19 @@ class SetupContext:
             self._cache[split] = self.feature_fn(split)
         return self._cache[split]
 
+    def dataset(self, split: str):
+        """The training images of ``split`` (``source``/``target``) as a dataset, evaluation transform."""
+        if self.dataset_fn is None:
+            raise RuntimeError("SetupContext.dataset: the engine gave no dataset_fn")
+        return self.dataset_fn(split)
+
 
 class Method:
     """Base class. Subclasses set ``uses_source`` / ``uses_target`` and implement :meth:`losses`.
 
     ``needs_source_data = True`` makes the constructor refuse a task without source images.
+    ``takes_regularizers = True`` accepts ``cfg.regularizers`` (``--with``); ``built_in`` names
+    regularisers the method always has (``bss`` is ``erm`` with ``built_in = ("bss",)``).
 
     Args:
         cfg: the run's :class:`~tllib_jtln.config.Config`.
@@ -99,6 +128,8 @@ class Method:
     uses_source: bool = True
     uses_target: bool = True
     needs_source_data: bool = False
+    takes_regularizers: bool = False
+    built_in: tuple[str, ...] = ()
 
     def __init__(self, cfg: Any, task: Any):
         self.cfg = cfg
@@ -106,6 +137,9 @@ class Method:
         self.has_source_data = getattr(task, "source_train", None) is not None
         if self.needs_source_data:
             self.require_source_data()
+        added = list(getattr(cfg, "regularizers", None) or [])
+        check_combination(self.name, self.takes_regularizers, self.built_in, added)
+        self.regularizers: list[Regularizer] = [REGULARIZERS.get(n)(cfg) for n in (*self.built_in, *added)]
 
     def require_source_data(self) -> None:
         if not self.has_source_data:
@@ -131,14 +165,39 @@ class Method:
         return []
 
     def switches(self) -> dict[str, Any]:
-        """The method's resolved settings, as they ran (recorded in ``summary.json``). Default: none."""
-        return {}
+        """The method's resolved settings, as they ran (recorded in ``summary.json``): the regularisers' knobs."""
+        if not self.regularizers:
+            return {}
+        out: dict[str, Any] = {"regularizers": [r.name for r in self.regularizers]}
+        for reg in self.regularizers:
+            out.update(reg.switches())
+        return out
 
     def prepare_model(self, model: nn.Module) -> None:
-        """Adjust the fresh model before DDP and the optimizer (e.g. freeze an unused head). Default: nothing."""
+        """Adjust the fresh model (on its device, at its starting weights) before DDP and the optimizer (e.g.
+        freeze an unused head); the regularisers take what they keep of it. Runs on resume too."""
+        for reg in self.regularizers:
+            reg.prepare_model(model)
+
+    def param_groups(self, model: nn.Module, base_lr: float) -> list[dict]:
+        """The optimiser's parameter groups: TLlib's (``model.get_parameters(base_lr)``: backbone 0.1x
+        under ``--finetune``, each group with a ``name``), reshaped by each regulariser."""
+        groups = model.get_parameters(base_lr)
+        for reg in self.regularizers:
+            groups = reg.param_groups(groups)
+        return groups
 
     def setup(self, ctx: SetupContext) -> None:
-        """Once before training (not needed on resume after :meth:`load_state_dict`). Default: nothing."""
+        """Once before training (not needed on resume after :meth:`load_state_dict`): the regularisers' setup."""
+        for reg in self.regularizers:
+            reg.setup(ctx)
+
+    def regularizer_terms(self, view: TargetView) -> dict[str, Tensor]:
+        """The regularisers' named, weighted terms for one step, from the target images' :class:`TargetView`."""
+        terms: dict[str, Tensor] = {}
+        for reg in self.regularizers:
+            terms.update(reg.terms(view))
+        return terms
 
     def on_epoch_start(self, epoch: int, ctx: SetupContext) -> None:
         """At the start of each epoch (0-based, counted over all stages; stage ``epoch // cfg.epochs``),
@@ -150,17 +209,26 @@ class Method:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ state
+    def _owners(self) -> dict[str, tuple[Any, str]]:
+        """Every state key -> (the object holding it, its attribute): the method's, then ``reg.name/key``."""
+        owners = {key: (self, key) for key in self.state_keys()}
+        for reg in self.regularizers:
+            owners.update({f"{reg.name}/{key}": (reg, key) for key in reg.state_keys()})
+        return owners
+
     def state_dict(self) -> dict[str, Tensor]:
-        """The tensors the method owns (:meth:`state_keys`: cost matrix, relation) that are set; the engine
-        checkpoints and broadcasts them."""
-        return {key: getattr(self, key) for key in self.state_keys() if getattr(self, key, None) is not None}
+        """The tensors the method and its regularisers own (:meth:`state_keys`: cost matrix, relation,
+        channel attention) that are set; the engine checkpoints and broadcasts them."""
+        state = {key: getattr(obj, attr, None) for key, (obj, attr) in self._owners().items()}
+        return {key: value for key, value in state.items() if value is not None}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        unknown = set(state) - set(self.state_keys())
+        owners = self._owners()
+        unknown = set(state) - set(owners)
         if unknown:
             raise KeyError(f"{self.name}: unexpected state keys {sorted(unknown)}")
         for key, value in state.items():
-            setattr(self, key, value)
+            setattr(*owners[key], value)
 
     def state_keys(self) -> tuple[str, ...]:
         """Names of the tensor attributes the method owns. Default: none."""
@@ -175,18 +243,24 @@ class Method:
 
 
 # ---------------------------------------------------------------------------------------------
-def forward_joint(model: Callable[[Tensor], tuple[Tensor, Tensor]], x_s: Optional[Tensor],
-                  x_t: Optional[Tensor]) -> tuple[Optional[tuple[Tensor, Tensor]], Optional[tuple[Tensor, Tensor]]]:
-    """One forward pass over ``cat(x_s, x_t)``; returns ``((src_logits_s, tgt_logits_s), (src_logits_t,
-    tgt_logits_t))`` with None for a missing side."""
+def forward_joint(model: Callable[..., ForwardOutput], x_s: Optional[Tensor],
+                  x_t: Optional[Tensor]) -> tuple[Optional[ForwardOutput], Optional[ForwardOutput]]:
+    """One forward pass over ``cat(x_s, x_t)``; returns the :class:`ForwardOutput` rows of each side
+    ``(source_logits, target_logits, features)``, None for a missing side. The target side sits at
+    rows ``target_rows(x_s)`` of the pass."""
     xs = [x for x in (x_s, x_t) if x is not None]
     if not xs:
         raise ValueError("forward_joint: the batch has neither source nor target images")
-    source_logits, target_logits = model(torch.cat(xs) if len(xs) > 1 else xs[0])
+    out = model(torch.cat(xs) if len(xs) > 1 else xs[0], with_features=True)
     n_s = 0 if x_s is None else x_s.shape[0]
-    out_s = (source_logits[:n_s], target_logits[:n_s]) if x_s is not None else None
-    out_t = (source_logits[n_s:], target_logits[n_s:]) if x_t is not None else None
+    out_s = out.rows(slice(None, n_s)) if x_s is not None else None
+    out_t = out.rows(target_rows(x_s)) if x_t is not None else None
     return out_s, out_t
+
+
+def target_rows(x_s: Optional[Tensor]) -> slice:
+    """Where the target images sit in :func:`forward_joint`'s pass: after the ``B_s`` source images."""
+    return slice(0 if x_s is None else x_s.shape[0], None)
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:

@@ -23,16 +23,25 @@ cross-entropy (as many source images as ``joint``), then the relation is compute
 co-tuning stage sees as many target images as ``erm``. The source head is always trained
 (rate as TLlib: 0.1x under ``--finetune`` when pretrained).
 
+``relationship`` (TLlib's ``--relationship``): a ``.npy`` file of ``R`` (Kt, Ks), read when it
+exists (so several runs on the same data and weights compute it once), else computed and written
+there; a relative path is under ``--log``. Source-free only (with source data ``R`` comes from the
+head the source stage trains).
+
 Shape: ``relation`` (Kt, Ks); terms ``ce_source`` (first stage) or ``ce_target`` and
 ``co_tuning`` (scalars, the latter already multiplied by ``trade_off``).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from ..errors import UserError
+from ..fileio import atomic_write
 from ..regularization import CoTuningLoss, Relationship, category_relation
 from .base import (SOURCE_STAGE, Method, SetupContext, Stage, cross_entropy, register_method, source_head_probs,
                    source_stage_losses)
@@ -48,6 +57,9 @@ class CoTuning(Method):
         self.uses_target = True
         self.relation: Optional[Tensor] = None
         self.co_tuning_loss = CoTuningLoss()
+        if cfg.relationship and self.uses_source:
+            raise UserError(f"--relationship {cfg.relationship}: with source data the relation comes from the source "
+                            "head the first stage trains, not from a file; drop --relationship or --source-data")
 
     def stages(self) -> list[Stage]:
         co_tuning = Stage("co_tuning", uses_source=False, uses_target=True)
@@ -60,14 +72,25 @@ class CoTuning(Method):
             raise UserError("--method co_tuning needs a source head: give --source-data, or a backbone with a "
                             "pretrained classifier (drop --no-pretrained, or give --pretrained-file)")
         model.set_source_head_lr(1.0)
+        super().prepare_model(model)
 
     def compute_relation(self, ctx: SetupContext, refresh: bool = False) -> Tensor:
-        """``R`` (Kt, Ks) on ``ctx.device`` from the source head's predictions on the target training images."""
+        """``R`` (Kt, Ks) on ``ctx.device`` from the source head's predictions on the target training images
+        (or the ``relationship`` file, when it exists; written there otherwise)."""
+        path = relationship_path(self.cfg.relationship, ctx.log_dir)
+        shape = (ctx.model.num_target_classes, ctx.model.num_source_classes)
+        if path is not None and path.is_file():
+            return load_relationship(path, shape).to(ctx.device)
         features, labels = ctx.features("target", refresh=refresh)
         probs = source_head_probs(ctx.model, features, ctx.device)
-        return Relationship(probs, labels, ctx.model.num_target_classes).matrix.to(ctx.device)
+        relation = Relationship(probs, labels, ctx.model.num_target_classes).matrix
+        if path is not None and ctx.is_main:
+            array = relation.detach().float().cpu().numpy()
+            atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
+        return relation.to(ctx.device)
 
     def setup(self, ctx: SetupContext) -> None:
+        super().setup(ctx)
         if not self.uses_source:
             self.relation = self.compute_relation(ctx)
 
@@ -90,3 +113,24 @@ class CoTuning(Method):
 
     def state_keys(self) -> tuple[str, ...]:
         return ("relation",)
+
+
+def relationship_path(name: Optional[str], log_dir: Optional[Path]) -> Optional[Path]:
+    """The ``--relationship`` file: as given when absolute (or without a log folder), else under ``log_dir``."""
+    if not name:
+        return None
+    path = Path(name).expanduser()
+    return path if path.is_absolute() or log_dir is None else Path(log_dir) / path
+
+
+def load_relationship(path: Path, shape: tuple[int, int]) -> Tensor:
+    """A relation file ``R`` (Kt, Ks): float, finite, non-negative, of ``shape``; a UserError naming the file otherwise."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--relationship {path}: not a .npy array ({exc}); delete it to compute it again") from None
+    if array.shape != shape or not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all() \
+            or (array < 0).any():
+        raise UserError(f"--relationship {path}: expected finite non-negative floats of shape {shape} (target x "
+                        f"source classes), got {array.dtype} {array.shape}; delete it to compute it again")
+    return torch.from_numpy(array.astype(np.float32))

@@ -52,7 +52,8 @@ from ..cost import build_cost, cost_options, features_read
 from ..errors import UserError
 from ..regularization import JTLNLoss
 from .base import (SOURCE_STAGE, Method, SetupContext, Stage, cross_entropy, forward_joint, register_method,
-                   source_head_probs, source_stage_losses)
+                   source_head_probs, source_stage_losses, target_rows)
+from .regularizer import TargetView
 
 #: below this share of converged Sinkhorn problems in an epoch, the user is warned (once)
 CONVERGED_SHARE = 0.99
@@ -86,6 +87,8 @@ def head_prototypes(model) -> tuple[Tensor, Tensor]:
 
 @register_method("jtln")
 class JTLN(Method):
+    takes_regularizers = True
+
     def __init__(self, cfg, task):
         super().__init__(cfg, task)
         self.source_free = not self.has_source_data
@@ -95,6 +98,10 @@ class JTLN(Method):
         if self.source_stage and self.source_free:
             raise UserError("--source-stage needs source data (the stage trains the source head on it); give "
                             "--source-data, or drop --source-stage")
+        if self.source_stage and self.regularizers:
+            raise UserError(f"--with {','.join(r.name for r in self.regularizers)} and --source-stage: the "
+                            "regularisers start from the weights the run starts from, not the source stage's; "
+                            "drop one of them")
         self.ot_on = check_ot_on(cfg.ot_on, self.has_source_data, self.source_stage)
         self.stage = 0
         self.ot_loss = JTLNLoss(weight=cfg.ot_weight, on=self.ot_on, target_dist=cfg.ot_target, eps=cfg.ot_eps,
@@ -107,6 +114,7 @@ class JTLN(Method):
                             "classifier (drop --no-pretrained, or give --pretrained-file)")
         if self.source_free:  # the pretrained classifier M relates: kept as it is
             model.set_source_head_lr(0.0)
+        super().prepare_model(model)
 
     # ------------------------------------------------------------------ cost matrix
     def build_cost(self, ctx: SetupContext, refresh: bool = False) -> Tensor:
@@ -146,6 +154,7 @@ class JTLN(Method):
         return [SOURCE_STAGE, Stage(self.name, uses_source=False, uses_target=True)]
 
     def setup(self, ctx: SetupContext) -> None:
+        super().setup(ctx)
         if not self.source_stage:  # with a source stage, M is built when the JTLN stage starts
             self.cost = self.build_cost(ctx)
 
@@ -176,17 +185,19 @@ class JTLN(Method):
         if self.source_stage and self.stage == 0:
             return source_stage_losses(model, batch)
         use_source = self.uses_source and batch.x_s is not None
-        out_s, (src_t, tgt_t) = forward_joint(model, batch.x_s if use_source else None, batch.x_t)
-        terms = {"ce_target": cross_entropy(tgt_t, batch.y_t)}
+        x_s = batch.x_s if use_source else None
+        out_s, out_t = forward_joint(model, x_s, batch.x_t)
+        terms = {"ce_target": cross_entropy(out_t.target_logits, batch.y_t)}
         if use_source:
-            terms["ce_source"] = cross_entropy(out_s[0], batch.y_s)
+            terms["ce_source"] = cross_entropy(out_s.source_logits, batch.y_s)
+        terms.update(self.regularizer_terms(TargetView(batch.x_t, batch.y_t, out_t, target_rows(x_s))))
         self.ot_loss.last_results, self.ot_loss.last_parts = [], {}
         if self.cfg.ot_weight == 0:
             return terms
         if self.cost is None:
             raise RuntimeError("jtln: setup(ctx) (or load_state_dict) must run before losses()")
-        source_side = (*out_s, batch.y_s) if use_source else None
-        terms["ot"] = self.ot_loss(self.cost, (src_t, tgt_t, batch.y_t), source_side)
+        source_side = (out_s.source_logits, out_s.target_logits, batch.y_s) if use_source else None
+        terms["ot"] = self.ot_loss(self.cost, (out_t.source_logits, out_t.target_logits, batch.y_t), source_side)
         return terms
 
     def step_stats(self) -> dict[str, float]:
@@ -218,7 +229,7 @@ class JTLN(Method):
                 "cost": cfg.cost, "cost_base": cfg.cost_base if cfg.cost == "shuffled" else None,
                 "cost_normalize": cfg.cost_normalize, "cost_refresh": cfg.cost_refresh,
                 "source_stage": self.source_stage,
-                "source_free": self.source_free}
+                "source_free": self.source_free, **super().switches()}
 
     def transport_plan(self, source_logits: Tensor, target_logits: Tensor, labels: Tensor) -> Optional[Tensor]:
         """The mean target-side OT plan ``(Ks, Kt)`` (:meth:`JTLNLoss.mean_plan

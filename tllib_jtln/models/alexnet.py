@@ -24,6 +24,9 @@ from .weights import as_linear, imagenet_class_names, load_strict, load_weights_
 class AlexNetBackbone(Backbone):
     """torchvision AlexNet up to fc7: ``features -> avgpool(6x6) -> flatten -> classifier[:-1]`` (4096-d)."""
 
+    #: the outputs of the five conv layers' ReLUs
+    FEATURE_LAYERS = ("features.1", "features.4", "features.7", "features.9", "features.11")
+
     def __init__(self, net: nn.Module, data_config: dict, pretrained_head: Optional[nn.Linear] = None,
                  pretrained_classes: Optional[list[str]] = None):
         super().__init__("alexnet", net.classifier[4].out_features, data_config, pretrained_head, pretrained_classes)

@@ -42,6 +42,13 @@ class TimmBackbone(Backbone):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
+    def feature_layers(self) -> list[str]:
+        """The stages of timm's ``feature_info`` after the stem (a ResNet's ``layer1``-``layer4``, an
+        EfficientNet's block groups), or every stage when the model lists one."""
+        info = getattr(self.model, "feature_info", None) or []
+        names = [f"model.{entry['module']}" for entry in info if entry.get("module")]
+        return names[1:] if len(names) > 1 else names
+
 
 # ----------------------------------------------------------------------------------------------
 def list_archs(pattern: str | None = None) -> list[str]:

@@ -32,7 +32,13 @@ class Backbone(nn.Module):
         data_config: timm-style data config (``input_size``, ``mean``, ``std``, ``interpolation``,
             ``crop_pct``, ``crop_mode``) for ``--transforms timm``.
         arch: the name the backbone was created from.
+
+    :meth:`feature_layers` names the submodules whose outputs are the backbone's intermediate
+    feature maps (DELTA's layers); subclasses set :attr:`FEATURE_LAYERS` or override it.
     """
+
+    #: dotted names of the submodules giving the intermediate feature maps, shallow to deep
+    FEATURE_LAYERS: tuple[str, ...] = ()
 
     def __init__(self, arch: str, out_features: int, data_config: dict,
                  pretrained_head: Optional[nn.Linear] = None, pretrained_classes: Optional[list[str]] = None):
@@ -46,6 +52,10 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - subclasses implement
         raise NotImplementedError
+
+    def feature_layers(self) -> list[str]:
+        """Dotted names of the submodules whose outputs are the intermediate feature maps, shallow to deep."""
+        return list(self.FEATURE_LAYERS)
 
 
 def channel_stats(values: tuple, in_chans: int) -> tuple:

@@ -13,6 +13,8 @@ Shape:
     - input: ``(B, C, H, W)``
     - ``forward`` output: ``(source_logits (B, Ks), target_logits (B, Kt))``, in one call so that
       DistributedDataParallel sees every parameter use; ``Ks = 0`` gives ``(B, 0)`` logits.
+      ``forward(x, with_features=True)``: a :class:`ForwardOutput` ``(source_logits, target_logits,
+      features (B, head_dim))``, the features being what the target head reads (TLlib's ``f``).
     - ``forward_features`` output: ``(B, D)`` pooled trunk features (pre-bottleneck).
     - ``forward_head(features)`` output: ``(source_logits (B, Ks), target_logits (B, Kt))``;
       ``forward_head(features, pre_logits=True)``: ``(B, head_dim)``, what the target head reads.
@@ -22,7 +24,7 @@ The head vocabulary is timm's: ``forward(x) = forward_head(forward_features(x))`
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -32,6 +34,25 @@ from .backbones import create_backbone
 from .base import Backbone
 from .input_size import check_input_size
 from .memory_format import apply_memory_format
+
+
+class ForwardOutput(NamedTuple):
+    """What one forward pass of :class:`JointClassifier` gives a method that asks for the features.
+
+    Shape:
+        - source_logits: ``(B, Ks)``
+        - target_logits: ``(B, Kt)``
+        - features: ``(B, head_dim)``, the bottleneck output the target head reads (the pooled
+          trunk features without a bottleneck), TLlib's ``f`` in ``y, f = classifier(x)``
+    """
+
+    source_logits: torch.Tensor
+    target_logits: torch.Tensor
+    features: torch.Tensor
+
+    def rows(self, index: slice) -> "ForwardOutput":
+        """The same output for the rows ``index`` of the batch."""
+        return ForwardOutput(*(t[index] for t in self))
 
 
 class JointClassifier(nn.Module):
@@ -97,6 +118,10 @@ class JointClassifier(nn.Module):
         b = self.bottleneck(features)
         if pre_logits:
             return b
+        return self._heads(features, b)
+
+    def _heads(self, features: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both heads on trunk features ``(B, D)`` and their bottleneck output ``b`` ``(B, head_dim)``."""
         target_logits = self.target_head(b)
         if self.source_head is None:
             source_logits = features.new_zeros(features.shape[0], 0)
@@ -104,8 +129,14 @@ class JointClassifier(nn.Module):
             source_logits = self.source_head(features if self.source_head_pretrained else b)
         return source_logits, target_logits
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: torch.Tensor, with_features: bool = False):
+        """``(source_logits, target_logits)``; ``with_features``: a :class:`ForwardOutput` with the
+        features the target head reads as well (still one call, for DistributedDataParallel)."""
+        features = self.forward_features(x)
+        if not with_features:
+            return self.forward_head(features)
+        b = self.bottleneck(features)
+        return ForwardOutput(*self._heads(features, b), b)
 
     def get_classifier(self) -> nn.Module:
         """The target head ``nn.Linear(head_dim, Kt)`` (timm's name for a model's classifier)."""

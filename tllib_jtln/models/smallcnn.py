@@ -32,6 +32,8 @@ def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
 class SmallCNN(Backbone):
     """Four conv-BN-ReLU blocks and global average pooling; no pretrained weights (``pretrained_head=None``)."""
 
+    FEATURE_LAYERS = ("blocks.0", "blocks.1", "blocks.2", "blocks.3")
+
     def __init__(self, in_chans: int = 1, image_size: int = 28):
         mean, std = (0.5,) * in_chans, (0.5,) * in_chans
         data_config = {"input_size": (in_chans, image_size, image_size), "interpolation": "bilinear",

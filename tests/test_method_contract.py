@@ -1,0 +1,303 @@
+"""The widened method contract: features and feature maps of the one forward pass, the starting
+weights, the optimiser's groups, TLlib's regularisers (``--with``) on erm/joint/jtln and the
+methods built on them (l2sp, bss, delta) on smallcnn, a timm ResNet and tf_efficientnet_lite0."""
+from __future__ import annotations
+
+import copy
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from tllib_jtln.cli import build_parser
+from tllib_jtln.config import Config
+from tllib_jtln.data import JointBatch
+from tllib_jtln.engine.run import resolve_config, train_from_flags
+from tllib_jtln.engine.trainer import train
+from tllib_jtln.engine.state import build_optimizer
+from tllib_jtln.errors import UserError
+from tllib_jtln.methods import REGULARIZERS, SetupContext, build_method
+from tllib_jtln.methods.co_tuning import load_relationship
+from tllib_jtln.models import JointClassifier, create_backbone
+from tllib_jtln.models.feature_maps import FeatureMapRecorder
+from tllib_jtln.regularization import BatchSpectralShrinkage
+
+from tiny_images import make_tiny_task, tiny_flags
+
+KS, KT, SIZE = 5, 3, 16
+#: settings that keep DELTA's channel attention to one small batch
+QUICK = {"delta_attention_iters": 1, "delta_attention_batch_size": 4, "delta_attention_epochs": 2, "batch_size": 4}
+
+
+def make_task(source: bool = True):
+    return SimpleNamespace(source_train=[0] if source else None, source_classes=[f"s{i}" for i in range(KS)],
+                           target_classes=[f"t{i}" for i in range(KT)], in_chans=1, image_size=SIZE)
+
+
+def smallcnn_model(seed: int = 0) -> JointClassifier:
+    torch.manual_seed(seed)
+    return JointClassifier(create_backbone("smallcnn", pretrained=False, in_chans=1, image_size=SIZE), KS, KT)
+
+
+def make_ctx(model, chans: int = 1, size: int = SIZE) -> SetupContext:
+    gen = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(8, chans, size, size, generator=gen), torch.arange(8) % KT
+
+    def features(split):
+        model.eval()
+        with torch.no_grad():
+            out = model.forward_features(images)
+        model.train()
+        return out, labels
+
+    return SetupContext(model=model, device=torch.device("cpu"), feature_fn=features,
+                        dataset_fn=lambda split: torch.utils.data.TensorDataset(images, labels))
+
+
+def batch(chans: int = 1, size: int = SIZE, source: bool = True) -> JointBatch:
+    gen = torch.Generator().manual_seed(1)
+    x_s = torch.randn(6, chans, size, size, generator=gen) if source else None
+    return JointBatch(x_s, torch.arange(6) % KS if source else None, torch.randn(4, chans, size, size, generator=gen),
+                      torch.arange(4) % KT)
+
+
+def prepared(method_name: str, model=None, source: bool = True, **settings):
+    cfg = Config(method=method_name, cost="centroid", **{**QUICK, **settings})
+    method = build_method(cfg, make_task(source))
+    model = model if model is not None else smallcnn_model()
+    method.prepare_model(model)
+    method.setup(make_ctx(model))
+    method.on_stage_start(0, None)
+    return method, model
+
+
+@pytest.fixture(scope="module")
+def backbones():
+    """One backbone of each family: built here (smallcnn), timm's ResNet, timm's EfficientNet with offline weights."""
+    return {"smallcnn": create_backbone("smallcnn", pretrained=False, in_chans=3, image_size=32),
+            "resnet18": create_backbone("resnet18", pretrained=False, image_size=32),
+            "tf_efficientnet_lite0": create_backbone("tf_efficientnet_lite0", pretrained=True, image_size=32)}
+
+
+# ----------------------------------------------------------------------------- what a method may ask for
+def test_forward_with_features_is_the_same_pass_plus_what_the_target_head_reads():
+    model = JointClassifier(create_backbone("smallcnn", pretrained=False, in_chans=1, image_size=SIZE), KS, KT,
+                            bottleneck_dim=7).eval()
+    x = torch.randn(3, 1, SIZE, SIZE)
+    out = model(x, with_features=True)
+    source_logits, target_logits = model(x)
+    assert torch.equal(out.source_logits, source_logits) and torch.equal(out.target_logits, target_logits)
+    torch.testing.assert_close(out.features, model.forward_head(model.forward_features(x), pre_logits=True))
+    assert out.features.shape == (3, 7) and out.rows(slice(1, None)).features.shape == (2, 7)
+
+
+@pytest.mark.parametrize("arch", ["smallcnn", "resnet18", "tf_efficientnet_lite0"])
+def test_feature_maps_of_each_backbone_family_are_recorded_in_training_passes_only(arch, backbones):
+    backbone, chans = copy.deepcopy(backbones[arch]), 3
+    names = backbone.feature_layers()
+    assert len(names) == 4
+    recorder = FeatureMapRecorder(backbone, names, grad_only=True)
+    backbone(torch.randn(2, chans, 32, 32))
+    maps = recorder.pop()
+    assert all(fm.ndim == 4 and fm.shape[0] == 2 for fm in maps)
+    widths = [fm.shape[1] for fm in maps]
+    if arch != "smallcnn":  # timm's own feature_info, after the stem
+        assert widths == [entry["num_chs"] for entry in backbone.model.feature_info][1:]
+    with torch.no_grad():
+        backbone(torch.randn(2, chans, 32, 32))
+    with pytest.raises(RuntimeError, match="did not run"):
+        recorder.pop()
+    recorder.remove()
+
+
+def test_default_parameter_groups_are_tllibs_and_l2sp_delta_drop_weight_decay_where_they_penalise():
+    model = smallcnn_model()
+    erm, _ = prepared("erm", model=model)
+    assert [(g["name"], g["lr"]) for g in erm.param_groups(model, 0.1)] == \
+        [(g["name"], g["lr"]) for g in model.get_parameters(0.1)]
+    for name in ("l2sp", "delta"):
+        method, model = prepared(name, model=smallcnn_model())
+        optimizer, _ = build_optimizer(Config(method=name, wd=5e-4), model, method)
+        decay = {g["name"]: g["weight_decay"] for g in optimizer.param_groups}
+        assert decay == {"backbone": 0.0, "target_head": 0.0}  # erm freezes the source head: no group
+    jtln, model = prepared("jtln", model=smallcnn_model(), regularizers=["l2sp"])
+    decay = {g["name"]: g["weight_decay"] for g in build_optimizer(Config(wd=5e-4), model, jtln)[0].param_groups}
+    assert decay == {"backbone": 0.0, "target_head": 0.0, "source_head": 5e-4}  # no explicit penalty there
+
+
+def test_adam_is_tllibs_other_optimizer():
+    model = smallcnn_model()
+    optimizer, _ = build_optimizer(Config(optimizer="Adam", momentum=0.8, wd=1e-4), model)
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["betas"] == (0.8, 0.999)
+    assert isinstance(build_optimizer(Config(), model)[0], torch.optim.SGD)
+
+
+# ----------------------------------------------------------------------------- the terms, wired right
+@pytest.mark.parametrize("method_name", ["erm", "joint", "jtln"])
+def test_regularisers_see_the_target_rows_of_the_one_forward_pass(method_name):
+    calls = []
+    method, model = prepared(method_name, regularizers=["bss", "delta"])
+    model.eval()  # BatchNorm as the frozen copy: at the starting weights the feature maps agree exactly
+
+    def counting(x, **kw):
+        calls.append(x.shape[0])
+        return model(x, **kw)
+
+    b = batch(source=method_name != "erm")
+    terms = method.losses(counting, b, 0.5)
+    assert len(calls) == 1  # one call through the (DDP) model per step; the frozen copy is not it
+    assert terms["delta_backbone"].item() == 0.0 and terms["delta_head"].item() > 0
+    with torch.no_grad():
+        features = model.forward_head(model.forward_features(b.x_t), pre_logits=True)
+    expected = Config().bss_trade_off * BatchSpectralShrinkage(1)(features)
+    assert terms["bss"].item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_l2sp_pulls_back_to_the_weights_the_model_started_from():
+    method, model = prepared("l2sp")
+    terms = method.losses(model, batch(source=False), 0.1)
+    assert terms["l2sp_backbone"].item() == 0.0
+    head = sum(0.5 * float((p.detach() ** 2).sum()) for p in model.target_head.parameters())
+    assert terms["l2sp_head"].item() == pytest.approx(Config().trade_off_head * head, rel=1e-6)
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            p.add_(0.1)
+    n = sum(p.numel() for p in model.backbone.parameters())
+    expected = Config().trade_off_backbone * 0.5 * n * 0.01
+    assert method.losses(model, batch(source=False), 0.1)["l2sp_backbone"].item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_delta_attention_is_computed_once_and_comes_back_with_the_state():
+    method, model = prepared("delta")
+    reg = method.regularizers[0]
+    assert reg.attention_sizes.tolist() == [32, 64, 128, 128]
+    sums = [a.sum().item() for a in torch.split(reg.attention, reg.attention_sizes.tolist())]
+    assert sums == pytest.approx([1.0] * 4, rel=1e-5)  # a softmax per layer
+    state = method.state_dict()
+    assert set(state) == {"delta/attention", "delta/attention_sizes"}
+    other = build_method(method.cfg, make_task())
+    other.load_state_dict(state)
+    assert torch.equal(other.regularizers[0].attention, reg.attention)
+
+
+# ----------------------------------------------------------------------------- each new method, each backbone family
+@pytest.mark.parametrize("arch", ["smallcnn", "resnet18", "tf_efficientnet_lite0"])
+@pytest.mark.parametrize("method_name", ["l2sp", "bss", "delta"])
+def test_each_new_method_trains_on_each_backbone_family(method_name, arch, backbones):
+    backbone = copy.deepcopy(backbones[arch])
+    head = backbone.pretrained_head
+    model = JointClassifier(backbone, head.out_features if head is not None else KS, KT, source_head=head)
+    cfg = Config(method=method_name, arch=arch, **{**QUICK, "delta_attention_batch_size": 1})
+    method = build_method(cfg, make_task(source=False))
+    method.prepare_model(model)
+    method.setup(make_ctx(model, chans=3, size=16))  # DELTA: one filter-importance pass per channel group
+    optimizer, _ = build_optimizer(cfg, model, method)
+    before = model.target_head.weight.detach().clone()
+    terms = method.losses(model, batch(chans=3, size=16, source=False), 0.0)
+    assert set(terms) == {"ce_target", *{"l2sp": ["l2sp_backbone", "l2sp_head"], "bss": ["bss"],
+                                         "delta": ["delta_backbone", "delta_head"]}[method_name]}
+    assert all(torch.isfinite(t) for t in terms.values())
+    optimizer.zero_grad()
+    sum(terms.values()).backward()
+    optimizer.step()
+    assert not torch.equal(model.target_head.weight, before)
+
+
+# ----------------------------------------------------------------------------- settings: --with, knobs, refusals
+def test_with_is_a_comma_list_on_the_command_line_and_a_list_or_with_key_in_yaml(tmp_path):
+    args = build_parser().parse_args(["train", "--method", "jtln", "--with", "bss,l2sp"])
+    assert args.regularizers == ["bss", "l2sp"]
+    for text in ("with: [bss, l2sp]\n", "regularizers: bss,l2sp\n", "regularizers:\n  - bss\n  - l2sp\n"):
+        path = tmp_path / "r.yaml"
+        path.write_text(text)
+        assert resolve_config({"config": str(path), "method": "jtln"}).regularizers == ["bss", "l2sp"]
+
+
+@pytest.mark.parametrize("given,needle", [
+    ({"method": "co_tuning", "regularizers": ["bss"]}, "--method co_tuning does not take TLlib regularisers"),
+    ({"method": "consecutive", "regularizers": ["l2sp"]}, "--method consecutive does not take"),
+    ({"method": "bss", "regularizers": ["bss"]}, "bss --method bss has it already"),
+    ({"method": "jtln", "regularizers": ["bss", "bss"]}, "bss named twice"),
+    ({"method": "jtln", "regularizers": ["l2sp", "delta"]}, "l2sp and delta both penalise"),
+    ({"method": "delta", "regularizers": ["l2sp"]}, "delta and l2sp both penalise"),
+    ({"method": "jtln", "regularizers": ["bsss"]}, "unknown regularizer 'bsss'; did you mean 'bss'"),
+    ({"method": "erm", "bss_k": 2}, "--bss-k is a knob of the bss regulariser"),
+    ({"method": "jtln", "trade_off_head": 0.1}, "--trade-off-head is a knob of the delta regulariser"),
+    ({"method": "jtln", "regularizers": ["bss"], "source_stage": True}, "--with bss and --source-stage"),
+    ({"method": "bss", "trade_off": 0.1, "bss_trade_off": 0.2}, "both set bss's weight"),
+])
+def test_a_regulariser_that_does_not_fit_is_refused_in_one_line(given, needle):
+    with pytest.raises(UserError, match=needle):
+        cfg = resolve_config(dict(given))
+        build_method(cfg, make_task())
+
+
+def test_trade_off_is_bss_weight_and_knobs_of_the_runs_regularisers_are_accepted():
+    assert resolve_config({"method": "bss", "trade_off": 0.01}).bss_trade_off == 0.01
+    assert resolve_config({"method": "jtln", "regularizers": ["delta"], "trade_off_head": 0.1}).trade_off_head == 0.1
+    assert resolve_config({"method": "l2sp", "trade_off_backbone": 0.1}).trade_off_backbone == 0.1
+    assert REGULARIZERS.names() == ["bss", "delta", "l2sp"]
+
+
+# ----------------------------------------------------------------------------- runs
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    make_tiny_task(root)
+    return root
+
+
+@pytest.mark.parametrize("name", ["bss", "l2sp", "delta"])
+def test_a_jtln_run_with_each_regulariser_logs_its_terms(name, data_root, tmp_path):
+    log = tmp_path / name
+    assert train_from_flags(tiny_flags(data_root, log, method="jtln", regularizers=[name], epochs=1,
+                                       lr_decay_epochs=[1], **({"delta_attention_iters": 1} if name == "delta" else {})
+                                       )) == 0
+    record = json.loads((log / "metrics.jsonl").read_text().splitlines()[0])
+    terms = {"bss": ["train_bss"], "l2sp": ["train_l2sp_backbone", "train_l2sp_head"],
+             "delta": ["train_delta_backbone", "train_delta_head"]}[name]
+    assert all(np.isfinite(record[t]) for t in terms) and np.isfinite(record["train_ot"])
+    summary = json.loads((log / "summary.json").read_text())
+    assert summary["switches"]["regularizers"] == [name]
+
+
+def test_co_tuning_relationship_file_is_written_once_and_read_back(tmp_path):
+    backbone = create_backbone("smallcnn", pretrained=False, in_chans=1, image_size=SIZE)
+    model = JointClassifier(backbone, KS, KT, source_head=nn.Linear(backbone.out_features, KS))  # "pretrained"
+    ctx = make_ctx(model)
+    ctx.log_dir = tmp_path
+    cfg = Config(method="co_tuning", relationship="relationship.npy")  # relative: under the log folder
+    first = build_method(cfg, make_task(source=False))
+    first.prepare_model(model)
+    first.setup(ctx)
+    written = load_relationship(tmp_path / "relationship.npy", (KT, KS))
+    torch.testing.assert_close(written, first.relation)
+    planted = np.full((KT, KS), 0.05, dtype=np.float32)
+    planted[:, 2] = 0.8
+    np.save(tmp_path / "relationship.npy", planted)
+    second = build_method(cfg, make_task(source=False))
+    second.setup(ctx)
+    assert torch.equal(second.relation, torch.from_numpy(planted))  # read, not computed
+    np.save(tmp_path / "relationship.npy", planted[:2])
+    with pytest.raises(UserError, match="expected finite non-negative floats of shape \\(3, 5\\)"):
+        build_method(cfg, make_task(source=False)).setup(ctx)
+    with pytest.raises(UserError, match="--relationship relationship.npy: with source data"):
+        build_method(cfg, make_task(source=True))
+
+
+def test_a_resumed_run_keeps_the_starting_point_and_the_attention(data_root, tmp_path):
+    """On resume the starting weights come from the fresh model (before the checkpoint is loaded) and
+    DELTA's attention from the checkpoint: the resumed run ends with the weights of the uninterrupted one."""
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    common = dict(method="delta", delta_attention_iters=1, epochs=2, lr_decay_epochs=[1])
+    train(resolve_config(tiny_flags(data_root, once, **common)))
+    train(resolve_config(tiny_flags(data_root, twice, **common)), stop_after_epoch=1)
+    assert train_from_flags({"resume": True, "log": str(twice), "progress": False}) == 0
+    a = torch.load(once / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(twice / "checkpoints" / "last.pt", weights_only=True)
+    assert all(torch.equal(t, b["model"][k]) for k, t in a["model"].items())
+    assert a["method"].keys() == b["method"].keys()
+    assert all(torch.equal(t, b["method"][k]) for k, t in a["method"].items())
