@@ -1,6 +1,6 @@
 """The accuracy suite: methods x settings x seeds, one log folder per run, resumable.
 
-A suite file (YAML, ``yaml.safe_load``)::
+A suite file (YAML, ``yaml.safe_load``; checked as a whole by :mod:`~tllib_jtln.bench.schema`)::
 
     name: fashion_mnist            # used in the table title
     out: logs/suite/fashion_mnist  # one folder per run under it
@@ -21,29 +21,45 @@ setting names are folder names: no ``/`` and no ``..``). Every run's settings ar
 ``resume`` are refused in a suite file, as in any ``--config`` file. A run
 whose ``summary.json`` exists is not redone; one with a checkpoint but no summary is resumed; one
 whose recorded recipe (``suite_recipe.yaml``) differs from the suite file's is moved aside to
-``<out>.stale/`` and redone.
+``<out>.stale/`` and redone (:mod:`~tllib_jtln.bench.runfolder`).
 Each run is a separate ``python -m tllib_jtln train`` process, so one failing run is reported and
-the others go on. At the end ``results_<name>.json`` (every run's numbers) and ``results_<name>.md`` (mean +-
+the others go on. One ``bench`` writes to an ``out`` at a time (``out/.lock``, as a log folder's).
+Ctrl-C (SIGINT to ``bench`` or to its process group) stops it: no queued run starts, running ones
+get SIGINT (if the group's did not end them already) and are killed if they outlive
+:data:`STOP_GRACE_S`; finished runs and the checkpoints of stopped ones are kept, so the same command
+continues. At the end ``results_<name>.json`` (every run's numbers) and ``results_<name>.md`` (mean +-
 std over seeds) are written; see :mod:`tllib_jtln.bench.report`.
 """
 from __future__ import annotations
 
 import fnmatch
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from ..config import Config, load_yaml
-from ..errors import UserError
+from ..engine.logdir import lock_log_dir
+from ..errors import UserError, one_line
+from ..fileio import write_text
 from .report import collect_results, write_report
+from .runfolder import StaleArea, read_recipe, read_summary, refuse_symlinks
+from .schema import load_suite, path_text
 
-SUITE_KEYS = {"name", "out", "seeds", "base", "settings", "methods", "pairs", "metric"}
+__all__ = ["SuiteRun", "load_suite", "expand_runs", "select_runs", "check_runs", "run_one", "run_suite"]
+
+#: seconds between looks at the running children
+POLL_S = 0.1
+#: after Ctrl-C: seconds a child has to end on the group's SIGINT before it is sent one itself,
+#: then seconds it has to end on that before it is killed
+SIGNAL_AFTER_S = 2.0
+STOP_GRACE_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -58,43 +74,6 @@ class SuiteRun:
     @property
     def name(self) -> str:
         return f"{self.setting}/{self.row}/seed{self.seed}"
-
-
-def load_suite(path: str | Path) -> dict:
-    """Parse and check a suite file: known top-level keys, Config keys everywhere else."""
-    suite = load_yaml(path, flag="--suite")
-    unknown = set(suite) - SUITE_KEYS
-    if unknown:
-        raise UserError(f"--suite {path}: unknown key(s) {sorted(unknown)}; known: {sorted(SUITE_KEYS)}")
-    for key in ("seeds", "methods"):
-        if not suite.get(key):
-            raise UserError(f"--suite {path}: '{key}' is required and must not be empty")
-    if not all(isinstance(s, int) for s in suite["seeds"]):
-        raise UserError(f"--suite {path}: 'seeds' must be a list of integers")
-    suite.setdefault("settings", {"default": {}})
-    suite.setdefault("base", {})
-    suite.setdefault("pairs", [])
-    suite.setdefault("name", Path(path).stem)
-    suite.setdefault("out", f"logs/suite/{suite['name']}")
-    for group in ("settings", "methods"):
-        if not isinstance(suite[group], dict):
-            raise UserError(f"--suite {path}: '{group}' must map names to Config settings")
-        for name, values in suite[group].items():
-            _check_folder_name(name, f"--suite {path}: {group}")
-            merged = {**suite["base"], **(values or {})}
-            Config().update(merged, f"--suite {path}: {group}.{name}")  # typos fail here, before any run
-    for pair in suite["pairs"]:
-        if not (isinstance(pair, list) and len(pair) == 2 and all(p in suite["methods"] for p in pair)):
-            raise UserError(f"--suite {path}: each pair must be [row, row] of two method rows, got {pair!r}")
-    return suite
-
-
-def _check_folder_name(name, where: str) -> None:
-    """Row and setting names are folder names under ``out``: no path separators, no ``.``/``..``."""
-    text = str(name)
-    if not text.strip() or text in (".", "..") or "/" in text or "\\" in text or "\x00" in text:
-        raise UserError(f"{where}: name {text!r} is a folder name under out:, so it must not be empty, "
-                        f"'.' or '..', nor contain '/' or '\\'; rename it")
 
 
 def check_runs(runs: list["SuiteRun"], path, out: Path) -> None:
@@ -122,45 +101,64 @@ def expand_runs(suite: dict) -> list[SuiteRun]:
     return runs
 
 
-def set_aside(log_dir: Path, out: Path, name: str) -> Path:
-    """Move a run folder whose recipe the suite file no longer asks for to
-    ``<out>.stale/<UTC time>/<name>`` (kept, not deleted; the run is then redone)."""
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    target = out.parent / f"{out.name}.stale" / stamp / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    log_dir.rename(target)
-    print(f"{name}: its recipe changed in the suite file; the old run moved to {target}", flush=True)
-    return target
+def train_command(recipe: Path, log_dir: Path, resume: bool) -> list[str]:
+    """The ``train`` process of one run."""
+    return [sys.executable, "-m", "tllib_jtln", "train", "--config", str(recipe), "--log", str(log_dir),
+            "--no-progress", *(["--resume"] if resume else [])]
 
 
-def run_one(run: SuiteRun, out: Path, threads: int | None = None) -> tuple[str, float]:
-    """Train one run in its own process; returns its status ('done', 'skipped', 'failed: ...').
+class Child:
+    """One run's ``train`` process: stdout appended to ``stdout.txt`` in its folder, stderr kept
+    aside for the last line (the error) of a failed run."""
 
-    ``threads``: intra-op threads of that process (OMP_NUM_THREADS), for parallel runs."""
+    def __init__(self, run: SuiteRun, cmd: list[str], log_dir: Path, env: dict):
+        self.run, self.started = run, time.time()
+        self.stderr = tempfile.TemporaryFile()
+        with open(log_dir / "stdout.txt", "a") as stdout:
+            self.proc = subprocess.Popen(cmd, stdout=stdout, stderr=self.stderr, env=env)
+
+    def status(self) -> tuple[str, float]:
+        """('done' | 'failed (exit N): <its last stderr line>', seconds); the process has ended."""
+        seconds = time.time() - self.started
+        self.stderr.seek(0)
+        lines = self.stderr.read().decode(errors="replace").strip().splitlines()
+        self.stderr.close()
+        if self.proc.returncode != 0:
+            return f"failed (exit {self.proc.returncode}): {(lines or ['no message'])[-1]}", seconds
+        return "done", seconds
+
+
+def start_run(run: SuiteRun, out: Path, stale: StaleArea, threads: int | None = None) -> Child | str:
+    """Start one run's ``train`` process, or return its final status when it needs none:
+    'skipped' (finished) or 'failed: ...' (a folder or file bench cannot use, named)."""
     log_dir = out / run.name
     wanted = {**run.settings, "seed": run.seed}
-    recipe = log_dir / "suite_recipe.yaml"
-    if recipe.is_file() and yaml.safe_load(recipe.read_text()) != wanted:
-        set_aside(log_dir, out, run.name)
-    if (log_dir / "summary.json").is_file():
-        return "skipped", 0.0
+    try:
+        refuse_symlinks(out, run.name)
+        recipe = read_recipe(log_dir)
+        if recipe is not None and recipe != wanted:
+            stale.move(log_dir, run.name)
+        if read_summary(log_dir) is not None:
+            return "skipped"
+    except UserError as exc:
+        return f"failed: {one_line(exc)}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    recipe.write_text(yaml.safe_dump(wanted, sort_keys=True))
-    cmd = [sys.executable, "-m", "tllib_jtln", "train", "--config", str(recipe), "--log", str(log_dir),
-           "--no-progress"]
-    if (log_dir / "checkpoints" / "last.pt").is_file():
-        cmd.append("--resume")
+    recipe_path = write_text(yaml.safe_dump(wanted, sort_keys=True), log_dir / "suite_recipe.yaml")
+    resume = (log_dir / "checkpoints" / "last.pt").is_file()
     env = os.environ.copy()
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    start = time.time()
-    with open(log_dir / "stdout.txt", "a") as stdout:
-        proc = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env)
-    seconds = time.time() - start
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-        return f"failed (exit {proc.returncode}): {last}", seconds
-    return "done", seconds
+    return Child(run, train_command(recipe_path, log_dir, resume), log_dir, env)
+
+
+def run_one(run: SuiteRun, out: Path, threads: int | None = None) -> tuple[str, float]:
+    """Train one run in its own process and wait; returns its status ('done', 'skipped', 'failed: ...')
+    and seconds. ``threads``: intra-op threads of that process (OMP_NUM_THREADS), for parallel runs."""
+    child = start_run(run, out, StaleArea(out), threads)
+    if isinstance(child, str):
+        return child, 0.0
+    child.proc.wait()
+    return child.status()
 
 
 def select_runs(runs: list[SuiteRun], only: str) -> list[SuiteRun]:
@@ -170,16 +168,86 @@ def select_runs(runs: list[SuiteRun], only: str) -> list[SuiteRun]:
     return [r for r in runs if any(fnmatch.fnmatch(r.name, p) for p in patterns)]
 
 
+def lock_out(out_dir: Path) -> None:
+    """Own the suite's ``out`` for this process (one ``bench`` per ``out``, as one run per log folder)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"out: {out_dir}: cannot create it ({exc.strerror or exc}); give another --out") from None
+    busy = f"out: {out_dir} is in use by another `tllib-jtln bench` (pid {{pid}}); wait for it to end, " \
+           f"or give another --out"
+    if not out_dir.is_dir() or not lock_log_dir(out_dir, busy):
+        raise UserError(f"out: {out_dir}: not a writable folder; give another --out")
+
+
+def run_runs(runs: list[SuiteRun], out_dir: Path, jobs: int) -> int:
+    """Run ``runs``, ``jobs`` at a time (each with ``cpu_count // jobs`` threads); prints one line per
+    run and returns the number that failed. Ctrl-C stops every child (see the module docstring)."""
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    queue, running, stale = deque(runs), [], StaleArea(out_dir)
+    done = failures = 0
+
+    def report(name: str, status: str, seconds: float) -> None:
+        nonlocal done, failures
+        done += 1
+        failures += status.startswith("failed")
+        print(f"[{done}/{len(runs)}] {name}: {status} ({seconds:.0f} s)", flush=True)
+
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                run = queue.popleft()
+                child = start_run(run, out_dir, stale, threads)
+                if isinstance(child, str):
+                    report(run.name, child, 0.0)
+                else:
+                    running.append(child)
+            for child in [c for c in running if c.proc.poll() is not None]:
+                running.remove(child)
+                report(child.run.name, *child.status())
+            time.sleep(POLL_S if running else 0)
+    except KeyboardInterrupt:
+        stop_children([c.proc for c in running])
+        for child in running:
+            print(f"{child.run.name}: stopped (its checkpoints are kept)", flush=True)
+        raise
+    return failures
+
+
+def stop_children(procs: list[subprocess.Popen]) -> None:
+    """End the children after a Ctrl-C: those the process group's SIGINT did not end within
+    :data:`SIGNAL_AFTER_S` get one of their own, those alive :data:`STOP_GRACE_S` later are killed.
+    A second Ctrl-C kills them at once."""
+    try:
+        for wait_s, then in ((SIGNAL_AFTER_S, signal.SIGINT), (STOP_GRACE_S, signal.SIGKILL)):
+            deadline = time.monotonic() + wait_s
+            while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+                time.sleep(POLL_S)
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(then)
+    except KeyboardInterrupt:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for proc in procs:
+        proc.wait()
+
+
 def run_suite(path: str, out: str | None = None, dry_run: bool = False, only: str | None = None,
               jobs: int = 1) -> int:
     """``tllib-jtln bench --suite FILE``: run what is not finished, then write the tables.
 
     ``jobs`` runs go side by side, each with ``cpu_count // jobs`` threads."""
     suite = load_suite(path)
-    out_dir = Path(out or suite["out"])
+    out_dir = Path(path_text(out, "--out") if out is not None else suite["out"])
     runs = expand_runs(suite)
     if only:
         runs = select_runs(runs, only)
+        if not runs:
+            raise UserError(f"--only {only!r} matches none of the suite's {len(expand_runs(suite))} runs "
+                            f"(names are SETTING/ROW/seedN, e.g. {expand_runs(suite)[0].name}); "
+                            f"see them with --dry-run")
     check_runs(runs, path, out_dir)
     if dry_run:
         for run in runs:
@@ -188,14 +256,8 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, only: st
         return 0
     if jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-    failures = 0
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(run_one, run, out_dir, threads): run for run in runs}
-        for index, future in enumerate(as_completed(futures), 1):
-            status, seconds = future.result()
-            failures += status.startswith("failed")
-            print(f"[{index}/{len(runs)}] {futures[future].name}: {status} ({seconds:.0f} s)", flush=True)
+    lock_out(out_dir)
+    failures = run_runs(runs, out_dir, jobs)
     results = collect_results(suite, expand_runs(suite), out_dir)
     md_path = write_report(suite, results, out_dir, suite_file=path)
     print(f"table: {md_path}")
