@@ -157,8 +157,8 @@ time.sleep(120)
 
 BENCH_WITH_SLEEPERS = f"""
 import sys
-import tllib_jtln.bench.suite as suite
-suite.SIGNAL_AFTER_S, suite.STOP_GRACE_S = 0.5, 1.0
+import tllib_jtln.bench.children as children, tllib_jtln.bench.suite as suite
+children.SIGNAL_AFTER_S, children.STOP_GRACE_S = 0.5, 1.0
 suite.train_command = lambda recipe, log_dir, resume: [sys.executable, "-c", {SLEEPING_TRAIN!r}, str(log_dir)]
 from tllib_jtln.cli import main
 sys.exit(main(["bench", "--suite", sys.argv[1], "--jobs", "2"]))

@@ -28,6 +28,7 @@ SUMMARY = "summary.json"
 
 #: summary.json fields the tables read, and the types a value may have (None always allowed)
 _FRACTIONS = ("test_top1", "test_mean_class_acc", "val_top1", "val_mean_class_acc")
+_FIX = "fix the file, or move the run folder away to redo the run"
 _TYPES = {"best_epoch": int, "wall_time_s": (int, float), "images_seen": dict, "switches": dict,
           "selected_on": str}
 
@@ -37,7 +38,10 @@ def read_recipe(log_dir: Path) -> dict | None:
     path = Path(log_dir) / RECIPE
     if not os.path.lexists(path):
         return None
-    return load_yaml(path, flag="")
+    try:
+        return load_yaml(path, flag="")
+    except UserError as exc:
+        raise UserError(f"{exc}; {_FIX}") from None
 
 
 def read_summary(log_dir: Path) -> dict | None:
@@ -49,20 +53,20 @@ def read_summary(log_dir: Path) -> dict | None:
         summary = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a readable summary ({reason})") from None
+        raise UserError(f"{path}: not a readable summary ({reason}); {_FIX}") from None
     if not isinstance(summary, dict):
-        raise UserError(f"{path}: expected a JSON object, got {type(summary).__name__}")
+        raise UserError(f"{path}: expected a JSON object, got {type(summary).__name__}; {_FIX}")
     for key in _FRACTIONS:
         value = summary.get(key)
         if value is not None and not (type(value) in (int, float) and math.isfinite(value) and 0 <= value <= 1):
-            raise UserError(f"{path}: {key} must be a fraction in [0, 1], got {value!r}")
+            raise UserError(f"{path}: {key} must be a fraction in [0, 1], got {value!r}; {_FIX}")
     for key, kind in _TYPES.items():
         value = summary.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
-            raise UserError(f"{path}: {key} has the wrong type ({type(value).__name__})")
+            raise UserError(f"{path}: {key} has the wrong type ({type(value).__name__}); {_FIX}")
     seen = summary.get("images_seen") or {}
     if not all(type(v) is int and v >= 0 for v in seen.values()):
-        raise UserError(f"{path}: images_seen must map each stream to a count of images, got {seen!r}")
+        raise UserError(f"{path}: images_seen must map each stream to a count of images, got {seen!r}; {_FIX}")
     return {key: summary.get(key) for key in (*_FRACTIONS, *_TYPES)}
 
 

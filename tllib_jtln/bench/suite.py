@@ -24,22 +24,16 @@ whose recorded recipe (``suite_recipe.yaml``) differs from the suite file's is m
 ``<out>.stale/`` and redone (:mod:`~tllib_jtln.bench.runfolder`).
 Each run is a separate ``python -m tllib_jtln train`` process, so one failing run is reported and
 the others go on. One ``bench`` writes to an ``out`` at a time (``out/.lock``, as a log folder's).
-Ctrl-C (SIGINT to ``bench`` or to its process group) stops it: no queued run starts, running ones
-get SIGINT (if the group's did not end them already) and are killed if they outlive
-:data:`STOP_GRACE_S`; finished runs and the checkpoints of stopped ones are kept, so the same command
-continues. At the end ``results_<name>.json`` (every run's numbers) and ``results_<name>.md`` (mean +-
+Ctrl-C (SIGINT to ``bench`` or to its process group) stops it at once
+(:mod:`~tllib_jtln.bench.children`): no queued run starts, running ones are ended; finished runs and
+the checkpoints of stopped ones are kept, so the same command continues. At the end ``results_<name>.json`` (every run's numbers) and ``results_<name>.md`` (mean +-
 std over seeds) are written; see :mod:`tllib_jtln.bench.report`.
 """
 from __future__ import annotations
 
 import fnmatch
 import os
-import signal
-import subprocess
 import sys
-import tempfile
-import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,19 +42,12 @@ import yaml
 from ..engine.logdir import lock_log_dir
 from ..errors import UserError, one_line
 from ..fileio import write_text
+from .children import Child, run_side_by_side
 from .report import collect_results, write_report
 from .runfolder import StaleArea, read_recipe, read_summary, refuse_symlinks
 from .schema import load_suite, path_text
 
 __all__ = ["SuiteRun", "load_suite", "expand_runs", "select_runs", "check_runs", "run_one", "run_suite"]
-
-#: seconds between looks at the running children
-POLL_S = 0.1
-#: after Ctrl-C: seconds a child has to end on the group's SIGINT before it is sent one itself,
-#: then seconds it has to end on that before it is killed
-SIGNAL_AFTER_S = 2.0
-STOP_GRACE_S = 20.0
-
 
 @dataclass(frozen=True)
 class SuiteRun:
@@ -107,27 +94,6 @@ def train_command(recipe: Path, log_dir: Path, resume: bool) -> list[str]:
             "--no-progress", *(["--resume"] if resume else [])]
 
 
-class Child:
-    """One run's ``train`` process: stdout appended to ``stdout.txt`` in its folder, stderr kept
-    aside for the last line (the error) of a failed run."""
-
-    def __init__(self, run: SuiteRun, cmd: list[str], log_dir: Path, env: dict):
-        self.run, self.started = run, time.time()
-        self.stderr = tempfile.TemporaryFile()
-        with open(log_dir / "stdout.txt", "a") as stdout:
-            self.proc = subprocess.Popen(cmd, stdout=stdout, stderr=self.stderr, env=env)
-
-    def status(self) -> tuple[str, float]:
-        """('done' | 'failed (exit N): <its last stderr line>', seconds); the process has ended."""
-        seconds = time.time() - self.started
-        self.stderr.seek(0)
-        lines = self.stderr.read().decode(errors="replace").strip().splitlines()
-        self.stderr.close()
-        if self.proc.returncode != 0:
-            return f"failed (exit {self.proc.returncode}): {(lines or ['no message'])[-1]}", seconds
-        return "done", seconds
-
-
 def start_run(run: SuiteRun, out: Path, stale: StaleArea, threads: int | None = None) -> Child | str:
     """Start one run's ``train`` process, or return its final status when it needs none:
     'skipped' (finished) or 'failed: ...' (a folder or file bench cannot use, named)."""
@@ -148,7 +114,7 @@ def start_run(run: SuiteRun, out: Path, stale: StaleArea, threads: int | None = 
     env = os.environ.copy()
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    return Child(run, train_command(recipe_path, log_dir, resume), log_dir, env)
+    return Child(run.name, train_command(recipe_path, log_dir, resume), log_dir / "stdout.txt", env)
 
 
 def run_one(run: SuiteRun, out: Path, threads: int | None = None) -> tuple[str, float]:
@@ -182,56 +148,21 @@ def lock_out(out_dir: Path) -> None:
 
 def run_runs(runs: list[SuiteRun], out_dir: Path, jobs: int) -> int:
     """Run ``runs``, ``jobs`` at a time (each with ``cpu_count // jobs`` threads); prints one line per
-    run and returns the number that failed. Ctrl-C stops every child (see the module docstring)."""
+    run and returns the number that failed. Ctrl-C stops every child (:mod:`~tllib_jtln.bench.children`)."""
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-    queue, running, stale = deque(runs), [], StaleArea(out_dir)
-    done = failures = 0
+    stale, counts = StaleArea(out_dir), {"done": 0, "failed": 0}
+
+    def start(run: SuiteRun) -> Child | tuple[str, str]:
+        child = start_run(run, out_dir, stale, threads)
+        return (run.name, child) if isinstance(child, str) else child
 
     def report(name: str, status: str, seconds: float) -> None:
-        nonlocal done, failures
-        done += 1
-        failures += status.startswith("failed")
-        print(f"[{done}/{len(runs)}] {name}: {status} ({seconds:.0f} s)", flush=True)
+        counts["done"] += 1
+        counts["failed"] += status.startswith("failed")
+        print(f"[{counts['done']}/{len(runs)}] {name}: {status} ({seconds:.0f} s)", flush=True)
 
-    try:
-        while queue or running:
-            while queue and len(running) < jobs:
-                run = queue.popleft()
-                child = start_run(run, out_dir, stale, threads)
-                if isinstance(child, str):
-                    report(run.name, child, 0.0)
-                else:
-                    running.append(child)
-            for child in [c for c in running if c.proc.poll() is not None]:
-                running.remove(child)
-                report(child.run.name, *child.status())
-            time.sleep(POLL_S if running else 0)
-    except KeyboardInterrupt:
-        stop_children([c.proc for c in running])
-        for child in running:
-            print(f"{child.run.name}: stopped (its checkpoints are kept)", flush=True)
-        raise
-    return failures
-
-
-def stop_children(procs: list[subprocess.Popen]) -> None:
-    """End the children after a Ctrl-C: those the process group's SIGINT did not end within
-    :data:`SIGNAL_AFTER_S` get one of their own, those alive :data:`STOP_GRACE_S` later are killed.
-    A second Ctrl-C kills them at once."""
-    try:
-        for wait_s, then in ((SIGNAL_AFTER_S, signal.SIGINT), (STOP_GRACE_S, signal.SIGKILL)):
-            deadline = time.monotonic() + wait_s
-            while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-                time.sleep(POLL_S)
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.send_signal(then)
-    except KeyboardInterrupt:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    for proc in procs:
-        proc.wait()
+    run_side_by_side(runs, jobs, start, report)
+    return counts["failed"]
 
 
 def run_suite(path: str, out: str | None = None, dry_run: bool = False, only: str | None = None,
@@ -258,7 +189,11 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, only: st
         raise UserError(f"--jobs must be >= 1, got {jobs}")
     lock_out(out_dir)
     failures = run_runs(runs, out_dir, jobs)
-    results = collect_results(suite, expand_runs(suite), out_dir)
+    every = expand_runs(suite)
+    results = collect_results(suite, every, out_dir)
+    for run, record in zip(every, results):  # outside --only, a summary that cannot be read: said
+        if "error" in record and run not in runs:
+            print(f"{run.name}: not in the tables: {record['error']}", flush=True)
     md_path = write_report(suite, results, out_dir, suite_file=path)
     print(f"table: {md_path}")
     return 1 if failures else 0
