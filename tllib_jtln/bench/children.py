@@ -64,7 +64,7 @@ def run_side_by_side(items: Iterable, jobs: int, start: Callable[[object], Union
                 running.remove(child)
                 report(child.name, *child.status())
             time.sleep(POLL_S if running else 0)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, or the parent failing: no child is left running on its own
         stop_children([c.proc for c in running])
         for child in running:
             print(f"{child.name}: stopped (its checkpoints are kept)", flush=True)

@@ -106,15 +106,17 @@ def start_run(run: SuiteRun, out: Path, stale: StaleArea, threads: int | None = 
             stale.move(log_dir, run.name)
         if read_summary(log_dir) is not None:
             return "skipped"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        recipe_path = write_text(yaml.safe_dump(wanted, sort_keys=True), log_dir / "suite_recipe.yaml")
+        resume = (log_dir / "checkpoints" / "last.pt").is_file()
+        env = os.environ.copy()
+        if threads:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+        return Child(run.name, train_command(recipe_path, log_dir, resume), log_dir / "stdout.txt", env)
     except UserError as exc:
         return f"failed: {one_line(exc)}"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    recipe_path = write_text(yaml.safe_dump(wanted, sort_keys=True), log_dir / "suite_recipe.yaml")
-    resume = (log_dir / "checkpoints" / "last.pt").is_file()
-    env = os.environ.copy()
-    if threads:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    return Child(run.name, train_command(recipe_path, log_dir, resume), log_dir / "stdout.txt", env)
+    except OSError as exc:  # a folder that cannot be written: this run fails, the others go on
+        return f"failed: {exc.filename or log_dir}: {exc.strerror or exc}"
 
 
 def run_one(run: SuiteRun, out: Path, threads: int | None = None) -> tuple[str, float]:
