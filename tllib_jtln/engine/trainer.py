@@ -145,25 +145,19 @@ def _run_epochs(parts: Parts, net: nn.Module, ctx, stages: list, state: TrainSta
     total_epochs = len(stages) * cfg.epochs
     val_loader = eval_loader_of(parts, parts.task.target_val) if selection_of(cfg) != "last" else None
     run: Optional[StageRun] = None
-    try:
-        for epoch in range(state.epoch, total_epochs):
-            if run is None or run.index != epoch // cfg.epochs:
-                if run is not None:
-                    run.loader.close()
-                run = _enter_stage(parts, ctx, stages, epoch // cfg.epochs, ckpt)
-                ckpt = None
-            state.progress["epoch"] = epoch
-            parts.method.on_epoch_start(epoch, ctx)
-            share_method_state(parts)
-            started = time.time()
-            record = train_epoch(parts, net, run, state, epoch, total_epochs, reporter)
-            validate_and_checkpoint(parts, net, run, state, record, val_loader, reporter, started)
-            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < total_epochs:
-                reporter.say(f"stopped after epoch {epoch + 1} as asked; continue with --resume --log {parts.log_dir}")
-                return {"stopped_after_epoch": epoch + 1, "best": state.best}
-    finally:  # the loader's worker processes end here on every path, not when a traceback lets go of them
-        if run is not None:
-            run.loader.close()
+    for epoch in range(state.epoch, total_epochs):
+        if run is None or run.index != epoch // cfg.epochs:
+            run = _enter_stage(parts, ctx, stages, epoch // cfg.epochs, ckpt)
+            ckpt = None
+        state.progress["epoch"] = epoch
+        parts.method.on_epoch_start(epoch, ctx)
+        share_method_state(parts)
+        started = time.time()
+        record = train_epoch(parts, net, run, state, epoch, total_epochs, reporter)
+        validate_and_checkpoint(parts, net, run, state, record, val_loader, reporter, started)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < total_epochs:
+            reporter.say(f"stopped after epoch {epoch + 1} as asked; continue with --resume --log {parts.log_dir}")
+            return {"stopped_after_epoch": epoch + 1, "best": state.best}
     return None
 
 
