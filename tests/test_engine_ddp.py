@@ -75,3 +75,53 @@ def test_two_process_run_with_regularisers_reading_features_feature_maps_and_a_f
     record = json.loads((log / "metrics.jsonl").read_text().splitlines()[0])
     assert all(np.isfinite(record[k]) for k in ("train_delta_backbone", "train_delta_head", "train_bss", "train_ot"))
     assert json.loads((log / "summary.json").read_text())["world_size"] == 2
+
+
+WORKER_TEARDOWN = '''
+import os, sys, threading, torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tllib_jtln.cost.features import _extract
+from tllib_jtln.engine import distributed as D
+
+D.init(D.env_info(), torch.device("cpu"))
+net = DDP(torch.nn.Linear(3, 2), find_unused_parameters=True)
+net(torch.ones(4, 3)).sum().backward()
+_extract(torch.nn.Identity(), [(torch.zeros(2, 3), torch.zeros(2))], torch.device("cpu"), progress=False)
+del net
+D.barrier()
+D.cleanup()
+native = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+with open(os.path.join(sys.argv[1], "threads" + os.environ["RANK"]), "w") as out:
+    out.write(f"rank {os.environ['RANK']} native {native} python {sorted(t.name for t in threading.enumerate())}")
+'''
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through Linux's /proc")
+def test_a_worker_leaves_no_thread_behind_after_cleanup(tmp_path):
+    """The teardown race behind a rank's SIGABRT ("terminate called without an active exception"):
+    after ``cleanup`` the process group's C++ threads (gloo's loop and workers) are gone, though DDP
+    was used, and no daemon thread (tqdm's monitor) is left to meet the interpreter's shutdown."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER_TEARDOWN)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=ENV)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for line in ((tmp_path / f"threads{rank}").read_text() for rank in (0, 1)):
+        assert "gloo" not in line and "python ['MainThread']" in line, line
+
+
+def test_nproc_per_node_relays_a_workers_one_line_error_and_exits_2(tmp_path):
+    """A bad image seen by one rank: its one-line error, exit 2; no traceback of the rank that lost its
+    peer, no torchrun log lines."""
+    from tiny_images import make_tiny_task
+
+    target, _ = make_tiny_task(tmp_path / "data")
+    (target / "train" / "tgt_a" / "000.png").write_bytes(b"not an image")
+    cmd = [sys.executable, "-m", "tllib_jtln", "train", *tiny_argv(tmp_path / "data", tmp_path / "run", method="jtln"),
+           "--nproc-per-node", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=ENV)
+    assert out.returncode == 2, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "000.png: unreadable or corrupt image" in errors[0], out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "torch/distributed/elastic" not in out.stderr

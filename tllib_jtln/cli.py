@@ -15,6 +15,7 @@ import warnings
 from typing import Callable, Sequence
 
 from . import __version__
+from .engine.launch import relay_worker_error
 from .errors import UserError, one_line
 
 PROG = "tllib-jtln"
@@ -110,7 +111,12 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.suite import run_suite
-    return run_suite(args.suite, out=args.out, dry_run=args.dry_run, only=args.only, jobs=args.jobs)
+    try:
+        return run_suite(args.suite, out=args.out, dry_run=args.dry_run, only=args.only, jobs=args.jobs)
+    except KeyboardInterrupt:  # the running children are ended by then
+        sys.stderr.write(f"{PROG}: interrupted; finished runs and the checkpoints of stopped ones are kept "
+                         f"(run the same bench command again to continue)\n")
+        return 130
 
 
 def _given(args: argparse.Namespace) -> dict:
@@ -204,18 +210,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except UserError as exc:
-        sys.stderr.write(f"{PROG}: error: {one_line(exc)}\n")
-        return 2
+        return _error(f"{PROG}: error: {one_line(exc)}")
     except BrokenPipeError:  # the reader of stdout went away (`list archs | head`): a normal end for a listing
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0 if args.command == "list" else 2
     except OSError as exc:  # outside a run (a run names its folder and how to continue, see engine.trainer)
         where = f"{exc.filename}: " if exc.filename else ""
-        sys.stderr.write(f"{PROG}: error: {where}{one_line(exc) if not exc.strerror else exc.strerror}\n")
-        return 2
+        return _error(f"{PROG}: error: {where}{one_line(exc) if not exc.strerror else exc.strerror}")
     except KeyboardInterrupt as exc:  # a run says what it kept in the exception's text
         sys.stderr.write(f"{PROG}: interrupted{'; ' + str(exc) if str(exc) else ''}\n")
         return 130
+    except Exception:
+        if relay_worker_error():  # a worker of `--nproc-per-node`: its launcher reports the traceback
+            return 1
+        raise
+
+
+def _error(line: str) -> int:
+    """Print the one-line error (a worker of `--nproc-per-node` leaves it to its launcher); exit 2."""
+    if not relay_worker_error(line):
+        sys.stderr.write(line + "\n")
+    return 2
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 from .paired import PairedStats, paired_stats, plot_paired
+from ..errors import UserError, one_line
+from .runfolder import read_summary
 
 METRICS = (("test_top1", "test top-1"), ("test_mean_class_acc", "test mean-class acc"),
            ("val_top1", "validation top-1 (what model and switch selection may look at)"))
@@ -28,17 +30,17 @@ METRIC_NAMES = {"test_top1": "test top-1", "test_mean_class_acc": "test mean-cla
 
 
 def collect_results(suite: dict, runs: list, out_dir: Path) -> list[dict]:
-    """One record per run: its coordinates and, when finished, its summary numbers."""
+    """One record per run: its coordinates and, when finished, its summary numbers (a summary
+    that cannot be read leaves the run unfinished, with the reason under ``error``)."""
     records = []
     for run in runs:
-        summary_path = out_dir / run.name / "summary.json"
-        record = {"row": run.row, "setting": run.setting, "split": run.split, "seed": run.seed,
-                  "finished": summary_path.is_file()}
-        if record["finished"]:
-            summary = json.loads(summary_path.read_text())
-            record.update({k: summary.get(k) for k in
-                           ("test_top1", "test_mean_class_acc", "val_top1", "val_mean_class_acc",
-                            "best_epoch", "wall_time_s", "images_seen", "switches", "selected_on", "test_skipped")})
+        record = {"row": run.row, "setting": run.setting, "split": run.split, "seed": run.seed, "finished": False}
+        try:
+            summary = read_summary(out_dir / run.name)
+        except UserError as exc:  # unreadable: not counted as finished, and said so
+            summary, record["error"] = None, one_line(exc)
+        if summary is not None:
+            record.update(finished=True, **summary)
         records.append(record)
     return records
 

@@ -1,6 +1,6 @@
 """The accuracy suite: methods x settings x seeds, one log folder per run, resumable.
 
-A suite file (YAML, ``yaml.safe_load``)::
+A suite file (YAML, ``yaml.safe_load``; checked as a whole by :mod:`~tllib_jtln.bench.schema`)::
 
     name: fashion_mnist            # used in the table title
     out: logs/suite/fashion_mnist  # one folder per run under it
@@ -25,32 +25,34 @@ each class split, in ``out/<setting>/<row>/<split>/seed<seed>/`` (the split's ``
 ``resume`` are refused in a suite file, as in any ``--config`` file. A run
 whose ``summary.json`` exists is not redone; one with a checkpoint but no summary is resumed; one
 whose recorded recipe (``suite_recipe.yaml``) differs from the suite file's is moved aside to
-``<out>.stale/`` and redone.
+``<out>.stale/`` and redone (:mod:`~tllib_jtln.bench.runfolder`).
 Each run is a separate ``python -m tllib_jtln train`` process, so one failing run is reported and
-the others go on. At the end ``results_<name>.json`` (every run's numbers) and ``results_<name>.md`` (mean +-
+the others go on. One ``bench`` writes to an ``out`` at a time (``out/.lock``, as a log folder's).
+Ctrl-C (SIGINT to ``bench`` or to its process group) stops it at once
+(:mod:`~tllib_jtln.bench.children`): no queued run starts, running ones are ended; finished runs and
+the checkpoints of stopped ones are kept, so the same command continues. At the end ``results_<name>.json`` (every run's numbers) and ``results_<name>.md`` (mean +-
 std over seeds) are written; see :mod:`tllib_jtln.bench.report`.
 """
 from __future__ import annotations
 
 import fnmatch
 import os
-import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import yaml
 
-from ..config import Config, load_yaml
-from ..errors import UserError
+from ..engine.logdir import lock_log_dir
+from ..errors import UserError, one_line
+from ..fileio import write_text
+from .children import Child, run_side_by_side
 from .report import collect_results, write_report
+from .runfolder import StaleArea, read_recipe, read_summary, refuse_symlinks
+from .schema import PER_SETTING, load_suite, path_text
 
-SUITE_KEYS = {"name", "out", "seeds", "base", "settings", "methods", "pairs", "metric", "splits"}
-PER_SETTING = "per_setting"  # in a method row: {setting: {Config key: value}} for that column only
-
+__all__ = ["SuiteRun", "load_suite", "expand_runs", "select_runs", "check_runs", "run_one", "run_suite"]
 
 @dataclass(frozen=True)
 class SuiteRun:
@@ -73,74 +75,7 @@ def split_folder(split: str) -> str:
     return split.replace(":", "_").replace("/", "-")
 
 
-def load_suite(path: str | Path) -> dict:
-    """Parse and check a suite file: known top-level keys, Config keys everywhere else."""
-    suite = load_yaml(path, flag="--suite")
-    unknown = set(suite) - SUITE_KEYS
-    if unknown:
-        raise UserError(f"--suite {path}: unknown key(s) {sorted(unknown)}; known: {sorted(SUITE_KEYS)}")
-    for key in ("seeds", "methods"):
-        if not suite.get(key):
-            raise UserError(f"--suite {path}: '{key}' is required and must not be empty")
-    if not all(isinstance(s, int) for s in suite["seeds"]):
-        raise UserError(f"--suite {path}: 'seeds' must be a list of integers")
-    _check_splits(suite.get("splits"), path)
-    suite.setdefault("settings", {"default": {}})
-    suite.setdefault("base", {})
-    suite.setdefault("pairs", [])
-    suite.setdefault("name", Path(path).stem)
-    suite.setdefault("out", f"logs/suite/{suite['name']}")
-    for group in ("settings", "methods"):
-        if not isinstance(suite[group], dict):
-            raise UserError(f"--suite {path}: '{group}' must map names to Config settings")
-        for name, values in suite[group].items():
-            _check_folder_name(name, f"--suite {path}: {group}")
-            values = dict(values or {})
-            per_setting = values.pop(PER_SETTING, {}) if group == "methods" else {}
-            Config().update({**suite["base"], **values}, f"--suite {path}: {group}.{name}")  # typos fail here
-            _check_per_setting(per_setting, suite["settings"], f"--suite {path}: methods.{name}.{PER_SETTING}")
-    if suite.get("splits"):
-        fixed = [name for name, values in [("base", suite["base"]), *suite["settings"].items(), *suite["methods"].items()]
-                 if "class_split" in (values or {}) or "class-split" in (values or {})]
-        if fixed:
-            raise UserError(f"--suite {path}: 'splits' sets every run's class split, but {', '.join(fixed)} sets "
-                            f"class_split too; keep one of them")
-    for pair in suite["pairs"]:
-        if not (isinstance(pair, list) and len(pair) == 2 and all(p in suite["methods"] for p in pair)):
-            raise UserError(f"--suite {path}: each pair must be [row, row] of two method rows, got {pair!r}")
-    return suite
-
-
-def _check_per_setting(per_setting, settings: dict, where: str) -> None:
-    """A row's ``per_setting`` maps setting names of the suite to Config keys."""
-    if not isinstance(per_setting, dict):
-        raise UserError(f"{where}: must map setting names to Config settings, got {per_setting!r}")
-    for setting, values in per_setting.items():
-        if setting not in settings:
-            raise UserError(f"{where}: unknown setting {setting!r}; the suite's settings: {', '.join(settings)}")
-        Config().update(dict(values or {}), f"{where}.{setting}")
-
-
-def _check_splits(splits, path) -> None:
-    """``splits``: absent, or a non-empty list of distinct ``--class-split`` values."""
-    if splits is None:
-        return
-    if not isinstance(splits, list) or not splits or not all(isinstance(s, str) for s in splits):
-        raise UserError(f"--suite {path}: 'splits' must be a non-empty list of class splits, e.g. [random:0, random:1]")
-    if len(set(splits)) != len(splits):
-        raise UserError(f"--suite {path}: 'splits' names a class split twice; list each once")
-    for split in splits:
-        Config(class_split=split).validate()
-
-
-def _check_folder_name(name, where: str) -> None:
-    """Row and setting names are folder names under ``out``: no path separators, no ``.``/``..``."""
-    text = str(name)
-    if not text.strip() or text in (".", "..") or "/" in text or "\\" in text or "\x00" in text:
-        raise UserError(f"{where}: name {text!r} is a folder name under out:, so it must not be empty, "
-                        f"'.' or '..', nor contain '/' or '\\'; rename it")
-
-
+PER_SETTING = "per_setting"  # in a method row: {setting: {Config key: value}} for that column only
 def check_runs(runs: list["SuiteRun"], path, out: Path) -> None:
     """Resolve every run's settings as ``train`` would (ranges, a known method), without training."""
     from ..settings import resolve_settings
@@ -169,45 +104,45 @@ def expand_runs(suite: dict) -> list[SuiteRun]:
     return runs
 
 
-def set_aside(log_dir: Path, out: Path, name: str) -> Path:
-    """Move a run folder whose recipe the suite file no longer asks for to
-    ``<out>.stale/<UTC time>/<name>`` (kept, not deleted; the run is then redone)."""
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    target = out.parent / f"{out.name}.stale" / stamp / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    log_dir.rename(target)
-    print(f"{name}: its recipe changed in the suite file; the old run moved to {target}", flush=True)
-    return target
+def train_command(recipe: Path, log_dir: Path, resume: bool) -> list[str]:
+    """The ``train`` process of one run."""
+    return [sys.executable, "-m", "tllib_jtln", "train", "--config", str(recipe), "--log", str(log_dir),
+            "--no-progress", *(["--resume"] if resume else [])]
+
+
+def start_run(run: SuiteRun, out: Path, stale: StaleArea, threads: int | None = None) -> Child | str:
+    """Start one run's ``train`` process, or return its final status when it needs none:
+    'skipped' (finished) or 'failed: ...' (a folder or file bench cannot use, named)."""
+    log_dir = out / run.name
+    wanted = {**run.settings, "seed": run.seed}
+    try:
+        refuse_symlinks(out, run.name)
+        recipe = read_recipe(log_dir)
+        if recipe is not None and recipe != wanted:
+            stale.move(log_dir, run.name)
+        if read_summary(log_dir) is not None:
+            return "skipped"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        recipe_path = write_text(yaml.safe_dump(wanted, sort_keys=True), log_dir / "suite_recipe.yaml")
+        resume = (log_dir / "checkpoints" / "last.pt").is_file()
+        env = os.environ.copy()
+        if threads:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+        return Child(run.name, train_command(recipe_path, log_dir, resume), log_dir / "stdout.txt", env)
+    except UserError as exc:
+        return f"failed: {one_line(exc)}"
+    except OSError as exc:  # a folder that cannot be written: this run fails, the others go on
+        return f"failed: {exc.filename or log_dir}: {exc.strerror or exc}"
 
 
 def run_one(run: SuiteRun, out: Path, threads: int | None = None) -> tuple[str, float]:
-    """Train one run in its own process; returns its status ('done', 'skipped', 'failed: ...').
-
-    ``threads``: intra-op threads of that process (OMP_NUM_THREADS), for parallel runs."""
-    log_dir = out / run.name
-    wanted = {**run.settings, "seed": run.seed}
-    recipe = log_dir / "suite_recipe.yaml"
-    if recipe.is_file() and yaml.safe_load(recipe.read_text()) != wanted:
-        set_aside(log_dir, out, run.name)
-    if (log_dir / "summary.json").is_file():
-        return "skipped", 0.0
-    log_dir.mkdir(parents=True, exist_ok=True)
-    recipe.write_text(yaml.safe_dump(wanted, sort_keys=True))
-    cmd = [sys.executable, "-m", "tllib_jtln", "train", "--config", str(recipe), "--log", str(log_dir),
-           "--no-progress"]
-    if (log_dir / "checkpoints" / "last.pt").is_file():
-        cmd.append("--resume")
-    env = os.environ.copy()
-    if threads:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    start = time.time()
-    with open(log_dir / "stdout.txt", "a") as stdout:
-        proc = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env)
-    seconds = time.time() - start
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-        return f"failed (exit {proc.returncode}): {last}", seconds
-    return "done", seconds
+    """Train one run in its own process and wait; returns its status ('done', 'skipped', 'failed: ...')
+    and seconds. ``threads``: intra-op threads of that process (OMP_NUM_THREADS), for parallel runs."""
+    child = start_run(run, out, StaleArea(out), threads)
+    if isinstance(child, str):
+        return child, 0.0
+    child.proc.wait()
+    return child.status()
 
 
 def select_runs(runs: list[SuiteRun], only: str) -> list[SuiteRun]:
@@ -217,16 +152,51 @@ def select_runs(runs: list[SuiteRun], only: str) -> list[SuiteRun]:
     return [r for r in runs if any(fnmatch.fnmatch(r.name, p) for p in patterns)]
 
 
+def lock_out(out_dir: Path) -> None:
+    """Own the suite's ``out`` for this process (one ``bench`` per ``out``, as one run per log folder)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"out: {out_dir}: cannot create it ({exc.strerror or exc}); give another --out") from None
+    busy = f"out: {out_dir} is in use by another `tllib-jtln bench` (pid {{pid}}); wait for it to end, " \
+           f"or give another --out"
+    if not out_dir.is_dir() or not lock_log_dir(out_dir, busy):
+        raise UserError(f"out: {out_dir}: not a writable folder; give another --out")
+
+
+def run_runs(runs: list[SuiteRun], out_dir: Path, jobs: int) -> int:
+    """Run ``runs``, ``jobs`` at a time (each with ``cpu_count // jobs`` threads); prints one line per
+    run and returns the number that failed. Ctrl-C stops every child (:mod:`~tllib_jtln.bench.children`)."""
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    stale, counts = StaleArea(out_dir), {"done": 0, "failed": 0}
+
+    def start(run: SuiteRun) -> Child | tuple[str, str]:
+        child = start_run(run, out_dir, stale, threads)
+        return (run.name, child) if isinstance(child, str) else child
+
+    def report(name: str, status: str, seconds: float) -> None:
+        counts["done"] += 1
+        counts["failed"] += status.startswith("failed")
+        print(f"[{counts['done']}/{len(runs)}] {name}: {status} ({seconds:.0f} s)", flush=True)
+
+    run_side_by_side(runs, jobs, start, report)
+    return counts["failed"]
+
+
 def run_suite(path: str, out: str | None = None, dry_run: bool = False, only: str | None = None,
               jobs: int = 1) -> int:
     """``tllib-jtln bench --suite FILE``: run what is not finished, then write the tables.
 
     ``jobs`` runs go side by side, each with ``cpu_count // jobs`` threads."""
     suite = load_suite(path)
-    out_dir = Path(out or suite["out"])
+    out_dir = Path(path_text(out, "--out") if out is not None else suite["out"])
     runs = expand_runs(suite)
     if only:
         runs = select_runs(runs, only)
+        if not runs:
+            raise UserError(f"--only {only!r} matches none of the suite's {len(expand_runs(suite))} runs "
+                            f"(names are SETTING/ROW/seedN, e.g. {expand_runs(suite)[0].name}); "
+                            f"see them with --dry-run")
     check_runs(runs, path, out_dir)
     if dry_run:
         for run in runs:
@@ -235,15 +205,13 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, only: st
         return 0
     if jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-    failures = 0
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(run_one, run, out_dir, threads): run for run in runs}
-        for index, future in enumerate(as_completed(futures), 1):
-            status, seconds = future.result()
-            failures += status.startswith("failed")
-            print(f"[{index}/{len(runs)}] {futures[future].name}: {status} ({seconds:.0f} s)", flush=True)
-    results = collect_results(suite, expand_runs(suite), out_dir)
+    lock_out(out_dir)
+    failures = run_runs(runs, out_dir, jobs)
+    every = expand_runs(suite)
+    results = collect_results(suite, every, out_dir)
+    for run, record in zip(every, results):  # outside --only, a summary that cannot be read: said
+        if "error" in record and run not in runs:
+            print(f"{run.name}: not in the tables: {record['error']}", flush=True)
     md_path = write_report(suite, results, out_dir, suite_file=path)
     print(f"table: {md_path}")
     return 1 if failures else 0

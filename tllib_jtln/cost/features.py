@@ -97,6 +97,7 @@ def _extract(model: ModelLike, loader: Iterable, device: torch.device,
              progress: bool) -> tuple[Tensor, Tensor]:
     from tqdm.auto import tqdm
 
+    tqdm.monitor_interval = 0  # no monitor thread (a daemon thread alive at interpreter exit), even when disabled
     feats, labels = [], []
     total = len(loader) if hasattr(loader, "__len__") else None
     for batch in tqdm(loader, total=total, desc="features", unit="batch", disable=not progress, leave=False):

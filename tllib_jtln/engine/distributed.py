@@ -85,10 +85,18 @@ def init(info: DistInfo, device: torch.device) -> None:
     kwargs: dict[str, Any] = {"backend": backend, "rank": info.rank, "world_size": info.world_size}
     if device.type == "cuda":
         kwargs["device_id"] = device
+    # Imported before the group exists: its functions' `group=group.WORLD` defaults are bound when it is
+    # first imported, which DistributedDataParallel's first construction does; bound then, they hold the
+    # group past destroy_process_group, and its threads (gloo's event loop and workers) live on into the
+    # interpreter's shutdown, where a rank could abort ("terminate called without an active exception").
+    import torch.distributed.nn.functional  # noqa: F401
+
     dist.init_process_group(**kwargs)
 
 
 def cleanup() -> None:
+    """Destroy the process group (every exit path of a run calls it): with no other reference left
+    (see :func:`init`), its C++ backend and threads end here, before the interpreter's shutdown."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

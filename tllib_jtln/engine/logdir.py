@@ -36,8 +36,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -191,31 +192,55 @@ def resume_hint(log_dir: str | Path) -> str:
 _LOCKS: dict[str, int] = {}  # real path of a locked log folder -> the open file holding the lock
 
 
-def lock_log_dir(log_dir: Path) -> None:
+def lock_log_dir(log_dir: Path, busy: str | None = None) -> bool:
     """Own ``log_dir`` for this process: an exclusive, non-blocking ``lockf`` on ``log_dir/.lock``.
 
     Held until :func:`release_log_dirs` or the end of the process. Taking a folder this process
-    already holds does nothing. Raises :class:`UserError` naming the pid of the process holding it,
-    or when something other than a regular file is at ``.lock`` (it is never opened through a link).
-    A folder where the lock file cannot be created is left to the caller's writability check.
+    already holds does nothing. Raises :class:`UserError` naming the pid of the process holding it
+    (``busy``: the message, with ``{pid}`` for that pid), or when something other than a regular file
+    is at ``.lock`` (it is never opened through a link). Returns False when the lock file cannot be
+    created (left to the caller's writability check), else True.
     """
     key = os.path.realpath(log_dir)
     if key in _LOCKS:
-        return
+        return True
+    fd = _lock(key, busy or f"--log {log_dir} is in use by another run (pid {{pid}}); wait for it to end, "
+                            "or choose another --log")
+    if fd is None:
+        return False
+    _LOCKS[key] = fd
+    return True
+
+
+@contextmanager
+def holding(folder: Path, busy: str) -> Iterator[None]:
+    """``folder`` locked as a log folder for the block (UserError ``busy`` when another process
+    holds it); the lock file travels with the folder if the block renames it. A folder this
+    process already holds stays held."""
+    key = os.path.realpath(folder)
+    fd = None if key in _LOCKS else _lock(key, busy)
     try:
-        fd = open_regular(os.path.join(key, LOCK))
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _lock(folder: str, busy: str) -> int | None:
+    """The open ``folder/.lock``, exclusively locked and holding this pid; None when it cannot be created."""
+    try:
+        fd = open_regular(os.path.join(folder, LOCK))
     except OSError:
-        return
+        return None
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise UserError(f"--log {log_dir} is in use by another run (pid {holder}); wait for it to end, "
-                        f"or choose another --log") from None
+        raise UserError(busy.replace("{pid}", holder)) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    _LOCKS[key] = fd
+    return fd
 
 
 def release_log_dirs() -> None:

@@ -43,6 +43,7 @@ class ProgressBar:
         if bars_wanted(enabled, is_main):
             from tqdm.auto import tqdm
 
+            tqdm.monitor_interval = 0  # no monitor thread: no daemon thread alive at interpreter exit
             self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False, file=sys.stderr)
 
     def update(self, i: int, terms: dict[str, float]) -> None:
