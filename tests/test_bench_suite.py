@@ -238,8 +238,8 @@ def test_splits_are_a_factor_like_the_seeds_and_pair_by_split_and_seed(tmp_path)
     assert "(3/6 wins)" in render_pairs(suite, records)
     md = write_report(suite, records, tmp_path, "suite.yaml").read_text()
     assert "2 class splits x seeds [0, 1, 2] (6 units)" in md and "same class split and seed" in md
-    for text, needle in ((SUITE + "splits: random:0\n", "'splits' must be a non-empty list"),
-                         (SUITE + "splits: [random:0, random:0]\n", "names a class split twice"),
+    for text, needle in ((SUITE + "splits: random:0\n", "splits: expected a non-empty list"),
+                         (SUITE + "splits: [random:0, random:0]\n", "names an entry twice"),
                          (SUITE + "splits: [random:x]\n", "--class-split random:x: expected"),
                          (SPLIT_SUITE.replace("erm: {method: erm}", "erm: {method: erm, class_split: random:1}"),
                           "erm sets class_split too")):
