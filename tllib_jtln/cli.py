@@ -112,7 +112,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.suite import run_suite
     try:
-        return run_suite(args.suite, out=args.out, dry_run=args.dry_run, only=args.only, jobs=args.jobs)
+        return run_suite(args.suite, out=args.out, dry_run=args.dry_run, only=args.only, jobs=args.jobs,
+                         report_only=args.report_only, results_doc=args.results_doc)
     except KeyboardInterrupt:  # the running children are ended by then
         sys.stderr.write(f"{PROG}: interrupted; finished runs and the checkpoints of stopped ones are kept "
                          f"(run the same bench command again to continue)\n")
@@ -179,6 +180,10 @@ def build_parser() -> OneLineParser:
                             "matches one of these comma-separated shell patterns, e.g. 'K2/erm/*,K2/jtln*/*'")
     bench.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     bench.add_argument("--jobs", type=int, default=1, help="runs side by side (each gets cores/jobs threads)")
+    bench.add_argument("--report-only", action="store_true",
+                       help="train nothing: write the tables of the finished runs (also while another bench runs)")
+    bench.add_argument("--results-doc", default=None, metavar="PAGE",
+                       help="also put the suite's tables into PAGE as its own section, e.g. docs/results.md")
     bench.set_defaults(func=cmd_bench)
     parser.commands, parser.command_dest = {"train": train, "test": test, "list": lst, "data": data,
                                             "bench": bench}, "command"

@@ -184,10 +184,13 @@ def run_runs(runs: list[SuiteRun], out_dir: Path, jobs: int) -> int:
 
 
 def run_suite(path: str, out: str | None = None, dry_run: bool = False, only: str | None = None,
-              jobs: int = 1) -> int:
+              jobs: int = 1, report_only: bool = False, results_doc: str | None = None) -> int:
     """``tllib-jtln bench --suite FILE``: run what is not finished, then write the tables.
 
-    ``jobs`` runs go side by side, each with ``cpu_count // jobs`` threads."""
+    ``jobs`` runs go side by side, each with ``cpu_count // jobs`` threads. ``report_only``: run
+    nothing (no lock taken: a running bench may hold ``out``), write the tables of the finished
+    runs. ``results_doc``: also put the tables into that page as the suite's own section
+    (:func:`~tllib_jtln.bench.results_doc.update_results_doc`)."""
     suite = load_suite(path)
     out_dir = Path(path_text(out, "--out") if out is not None else suite["out"])
     runs = expand_runs(suite)
@@ -205,8 +208,10 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, only: st
         return 0
     if jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
-    lock_out(out_dir)
-    failures = run_runs(runs, out_dir, jobs)
+    failures = []
+    if not report_only:
+        lock_out(out_dir)
+        failures = run_runs(runs, out_dir, jobs)
     every = expand_runs(suite)
     results = collect_results(suite, every, out_dir)
     for run, record in zip(every, results):  # outside --only, a summary that cannot be read: said
@@ -214,4 +219,8 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, only: st
             print(f"{run.name}: not in the tables: {record['error']}", flush=True)
     md_path = write_report(suite, results, out_dir, suite_file=path)
     print(f"table: {md_path}")
+    if results_doc is not None:
+        from .results_doc import update_results_doc
+
+        print(f"results page: {update_results_doc(Path(path_text(results_doc, '--results-doc')), suite['name'], md_path)}")
     return 1 if failures else 0
