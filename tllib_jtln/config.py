@@ -145,8 +145,11 @@ class Config:
     cost: str = _opt("knn", "cost matrix: knn, centroid, source-head, semantic, uniform, shuffled, file:PATH")
     cost_base: str = _opt("knn", "shuffled: the matrix whose source rows are permuted")
     cost_k: int = _opt(10, "knn: neighbours per target image")
-    cost_index: str = _opt("flat", "knn: FAISS index", choices=("flat", "ivf", "hnsw"))
-    cost_nprobe: Optional[int] = _opt(None, "knn with --cost-index ivf: lists visited per query (default ~sqrt(nlist))")
+    cost_index: str = _opt("auto", "knn: FAISS search; auto: exact (flat) unless the source is too large for it, "
+                                   "then IVF-PQ (the choice is logged)", choices=("auto", "flat", "ivfpq"))
+    cost_nprobe: Optional[int] = _opt(None, "knn with IVF-PQ: lists visited per query (default nlist/8, at least 8)")
+    cost_source_per_class: Optional[int] = _opt(None, "knn/centroid: build the cost from a seeded draw of N source "
+                                                      "images per class; none: every source image")
     cost_metric: str = _opt("cosine", "centroid: distance", choices=("cosine", "euclidean"))
     cost_refresh: int = _opt(0, "rebuild the cost from current features every N epochs (0: never)")
     source_stage: bool = _opt(False, "jtln with source data (beyond the paper): a source stage first (as "
@@ -242,6 +245,7 @@ _RANGES = [
     ("trade_off", 0.0, None), ("source_head_lr", 0.0, None),
     ("ot_weight", 0.0, None), ("ot_iters", 1, None), ("ot_tol", 0.0, None), ("ot_smooth", 0.0, 0.5),
     ("cost_k", 1, None), ("cost_refresh", 0, None), ("seed", 0, None), ("data_seed", 0, None),
+    ("cost_source_per_class", 1, None), ("cost_nprobe", 1, None),
 ]
 
 _TYPES = {f.name: f.type for f in fields(Config)}
