@@ -15,8 +15,9 @@ import hashlib
 import os
 from typing import Any, Optional
 
-import torch
 from torch import Tensor
+
+from .features import hash_tensor
 
 
 def _file_stamp(path: str) -> str:
@@ -42,10 +43,8 @@ def dataset_fingerprint(dataset: Any) -> Optional[str]:
                 lines.clear()
         digest.update("".join(lines).encode())
     elif isinstance(images, Tensor) and isinstance(labels, Tensor):
-        for tensor in (images, labels):
-            t = tensor.detach().to("cpu").contiguous()
-            digest.update(f"{t.dtype}:{tuple(t.shape)};".encode())
-            digest.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        hash_tensor(digest, images)
+        hash_tensor(digest, labels)
     else:
         return None
     return digest.hexdigest()
