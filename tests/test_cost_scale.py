@@ -83,3 +83,26 @@ def test_agreement_of_a_matrix_with_itself_and_with_its_reverse():
     m = torch.rand(7, 5)
     assert cost_agreement(m, m) == {"spearman": pytest.approx(1.0), "same_nearest_source": 1.0}
     assert cost_agreement(-m, m)["spearman"] == pytest.approx(-1.0)
+
+
+def _resident_kb() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+
+
+def test_reading_a_memory_map_in_chunks_does_not_keep_it_resident(tmp_path):
+    from tllib_jtln.cost.paging import is_file_mapping, row_chunks
+
+    path = tmp_path / "features.f16"
+    written = np.memmap(path, dtype=np.float16, mode="w+", shape=(65536, 512))  # 64 MiB
+    written[:] = 1
+    written.flush()
+    del written
+    mapped = torch.from_numpy(np.memmap(path, dtype=np.float16, mode="c", shape=(65536, 512)))
+    assert is_file_mapping(mapped) and not is_file_mapping(torch.ones(65536, 512, dtype=torch.float16))
+    before = _resident_kb()
+    total = sum(float(chunk.float().sum()) for _, chunk in row_chunks(mapped, 4096))
+    assert total == 65536 * 512 and _resident_kb() - before < 16 * 1024  # one chunk, not 64 MiB
+    assert float(mapped[-1].float().sum()) == 512  # the file is still there to read again
+    assert float(build_cost("centroid", mapped, torch.arange(65536) % 4, torch.ones(4, 512),
+                            torch.arange(4)).max()) == 1.0

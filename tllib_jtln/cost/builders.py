@@ -28,17 +28,19 @@ from .build import COSTS, build_from_inputs
 from .inputs import CostInputs
 from .embeddings import load_embeddings, lookup_embeddings
 from .index_choice import choose_index
+from .paging import row_chunks
 from .knn import knn_affinity, knn_search, knn_search_torch, l2_normalize
 
 
-def class_means(features: Tensor, labels: Tensor, num_classes: int, chunk: int = 1 << 16
+def class_means(features: Tensor, labels: Tensor, num_classes: int, chunk: int = 1 << 14
                 ) -> tuple[Tensor, Tensor]:
     """``(means (K, D) float64, counts (K,) int64)``; classes without samples have a zero mean.
 
-    Sums are taken in float64 over ``chunk`` rows at a time (a float16 memory map is never copied whole)."""
+    Sums are taken in float64 over ``chunk`` rows at a time (a float16 memory map is never copied
+    whole, nor kept resident: :func:`~tllib_jtln.cost.paging.row_chunks`)."""
     sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64)
-    for start in range(0, features.shape[0], chunk):
-        sums.index_add_(0, labels[start:start + chunk], features[start:start + chunk].double())
+    for start, rows in row_chunks(features, chunk):
+        sums.index_add_(0, labels[start:start + rows.shape[0]], rows.double())
     counts = torch.bincount(labels, minlength=num_classes)
     return sums / counts.clamp_min(1).unsqueeze(1), counts
 

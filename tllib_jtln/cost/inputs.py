@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from .index_choice import INDEX_KINDS
+from .paging import row_chunks
 
 
 @dataclass
@@ -114,7 +115,7 @@ def as_features(x: Optional[Tensor], what: str) -> Optional[Tensor]:
     x = x.detach().to("cpu")
     if x.dtype not in FEATURE_DTYPES:
         x = x.float()
-    if not all(torch.isfinite(x[start:start + CHECK_ROWS]).all() for start in range(0, x.shape[0], CHECK_ROWS)):
+    if not all(torch.isfinite(chunk).all() for _, chunk in row_chunks(x, CHECK_ROWS)):
         raise UserError(f"build_cost: {what} has NaN or inf entries (the model diverged or an image is broken)")
     return x
 

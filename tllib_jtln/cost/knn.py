@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .index_choice import IndexChoice, choose_index
+from .paging import row_chunks
 
 _GPU_RESOURCES = None
 
@@ -39,9 +40,10 @@ def chunk_rows(dim: int) -> int:
 
 def iter_chunks(x: Tensor, rows: int, cosine: bool) -> Iterator[tuple[int, np.ndarray]]:
     """``(start, chunk (rows, D) float32 C-contiguous numpy)`` over ``x`` (any float dtype, e.g. an
-    fp16 memory map), L2-normalised when ``cosine``."""
-    for start in range(0, x.shape[0], rows):
-        chunk = x[start:start + rows].float()
+    fp16 memory map, whose pages are released behind the reader: :func:`~tllib_jtln.cost.paging.row_chunks`),
+    L2-normalised when ``cosine``."""
+    for start, chunk in row_chunks(x, rows):
+        chunk = chunk.float()
         if cosine:
             chunk = l2_normalize(chunk)
         yield start, np.ascontiguousarray(chunk.numpy())
