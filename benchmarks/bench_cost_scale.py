@@ -6,7 +6,7 @@ Synthetic, clustered features: Ks = 1000 source classes in 50 families (family c
 ``sqrt(D)``), Kt = 200 target classes each drawn around one source class, Nt = 2000 target
 images (10 per class: the few-shot target set), D = 512 and 2048. For each size, every case runs
 in a fresh process (``python benchmarks/bench_cost_scale.py CASE NS DIM FOLDER``), so its peak
-resident memory (``ru_maxrss``, which counts the mapped feature pages it touched) is its own; the
+resident memory (``VmHWM``, which counts the mapped feature pages it holds) is its own; the
 features file is written before and not timed. Cases:
 
 - ``knn``: ``--cost-index auto`` (the run's default; ``index`` says what it chose);
@@ -79,8 +79,13 @@ def write_problem(folder: Path, ns: int, dim: int, shape: dict, seed: int = 0) -
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size in MiB (Linux: ``ru_maxrss`` is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set size in MiB: ``VmHWM`` of ``/proc/self/status`` where there is
+    one (``ru_maxrss`` carries the parent's resident set over ``fork`` + ``exec``), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_case(case: str, folder: Path, ns: int, dim: int, shape: dict) -> dict:
