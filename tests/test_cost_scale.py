@@ -106,3 +106,20 @@ def test_reading_a_memory_map_in_chunks_does_not_keep_it_resident(tmp_path):
     assert float(mapped[-1].float().sum()) == 512  # the file is still there to read again
     assert float(build_cost("centroid", mapped, torch.arange(65536) % 4, torch.ones(4, 512),
                             torch.arange(4)).max()) == 1.0
+
+
+def test_scattered_rows_of_a_memory_map_are_gathered_without_keeping_it_resident(tmp_path):
+    from tllib_jtln.cost.paging import gather_rows
+
+    path = tmp_path / "features.f16"
+    written = np.memmap(path, dtype=np.float16, mode="w+", shape=(65536, 512))  # 64 MiB
+    written[:] = (np.arange(65536) % 1024).astype(np.float16)[:, None]
+    written.flush()
+    del written
+    mapped = torch.from_numpy(np.memmap(path, dtype=np.float16, mode="c", shape=(65536, 512)))
+    rows = torch.randperm(65536)[:8192]  # one row in 8, scattered: read-ahead would map the whole file
+    before = _resident_kb()
+    gathered = gather_rows(mapped, rows, block=1024)
+    assert _resident_kb() - before < 24 * 1024
+    assert torch.equal(gathered[:, 0], (rows % 1024).half())
+    assert torch.equal(gather_rows(torch.arange(10).view(5, 2), torch.tensor([3, 1])), torch.tensor([[6, 7], [2, 3]]))

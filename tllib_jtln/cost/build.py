@@ -24,6 +24,7 @@ from torch import Tensor
 from ..errors import UserError
 from ..registry import Registry
 from .inputs import CostInputs, as_features, as_labels, check_inputs, check_source_per_class
+from .paging import gather_rows
 from .subsample import sample_per_class
 
 COSTS: Registry[Callable[["CostInputs"], Tensor]] = Registry("costs")
@@ -117,7 +118,7 @@ def _sample_source(features, labels: Tensor, per_class: int, seed: int, log) -> 
     if log is not None:
         log(f"cost: source side sampled to at most {per_class} images per class: {rows.numel():,} of "
             f"{labels.shape[0]:,} rows (seed {seed})")
-    return features[rows], labels[rows]
+    return gather_rows(features, rows), labels[rows]
 
 
 def build_from_inputs(name: str, inputs: CostInputs) -> Tensor:

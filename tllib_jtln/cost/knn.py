@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .index_choice import IndexChoice, choose_index
-from .paging import row_chunks
+from .paging import gather_rows, row_chunks
 
 _GPU_RESOURCES = None
 
@@ -98,7 +98,7 @@ def sample_rows(database: Tensor, count: int, seed: int, cosine: bool) -> np.nda
     from a memory map stay sequential), as float32 numpy."""
     gen = torch.Generator().manual_seed(int(seed))
     rows = torch.randperm(database.shape[0], generator=gen)[:count].sort().values
-    sample = database[rows].float()
+    sample = gather_rows(database, rows).float()
     return np.ascontiguousarray((l2_normalize(sample) if cosine else sample).numpy())
 
 
@@ -135,7 +135,7 @@ def rescore(database: Tensor, queries: np.ndarray, ids: Tensor, k: int, cosine: 
     scores, found = [], []
     for start in range(0, ids.shape[0], block):
         cand = ids[start:start + block]
-        rows = database[cand.clamp_min(0).reshape(-1)].float()
+        rows = gather_rows(database, cand.clamp_min(0).reshape(-1)).float()
         rows = (l2_normalize(rows) if cosine else rows).view(*cand.shape, -1)  # (block, c, D)
         sims = torch.einsum("qd,qcd->qc", torch.from_numpy(queries[start:start + block]), rows)
         top = sims.masked_fill(cand < 0, float("-inf")).topk(min(k, cand.shape[1]), dim=1)

@@ -5,7 +5,8 @@ file: a cost built from a 1.28M x 512 fp16 store (1.3 GB) would hold all of it b
 pass. :func:`row_chunks` hands out ``rows``-row slices and, when the tensor lies in a file
 mapping (``/proc/self/maps`` names a file for its address), asks the kernel to reclaim each
 slice's pages once the next is asked for (``madvise(MADV_PAGEOUT)``, Linux 5.4+): the file stays
-in the page cache, the process's resident set stays about one chunk. Anonymous memory (an
+in the page cache, the process's resident set stays about one chunk. :func:`gather_rows` does
+the same for scattered rows (a per-class sample, search candidates). Anonymous memory (an
 ordinary tensor) is never advised, and where ``madvise`` is missing nothing happens.
 """
 from __future__ import annotations
@@ -15,9 +16,10 @@ import ctypes.util
 import mmap
 from typing import Iterator, Optional
 
+import torch
 from torch import Tensor
 
-MADV_PAGEOUT = 21
+MADV_NORMAL, MADV_RANDOM, MADV_PAGEOUT = 0, 1, 21
 _LIBC: Optional[ctypes.CDLL] = None
 
 
@@ -48,8 +50,8 @@ def is_file_mapping(x: Tensor) -> bool:
     return False
 
 
-def page_out(x: Tensor, start: int, stop: int) -> None:
-    """Advise the kernel to reclaim the whole pages holding rows ``[start, stop)`` of contiguous ``x``."""
+def advise(x: Tensor, start: int, stop: int, advice: int) -> None:
+    """``madvise(advice)`` on the whole pages holding rows ``[start, stop)`` of contiguous ``x``."""
     libc = _libc()
     if libc is None:
         return
@@ -58,7 +60,12 @@ def page_out(x: Tensor, start: int, stop: int) -> None:
     low = -(-(x.data_ptr() + start * row_bytes) // page) * page
     high = (x.data_ptr() + stop * row_bytes) // page * page
     if high > low:
-        libc.madvise(ctypes.c_void_p(low), ctypes.c_size_t(high - low), MADV_PAGEOUT)
+        libc.madvise(ctypes.c_void_p(low), ctypes.c_size_t(high - low), advice)
+
+
+def page_out(x: Tensor, start: int, stop: int) -> None:
+    """Advise the kernel to reclaim the pages holding rows ``[start, stop)`` of contiguous ``x``."""
+    advise(x, start, stop, MADV_PAGEOUT)
 
 
 def row_chunks(x: Tensor, rows: int) -> Iterator[tuple[int, Tensor]]:
@@ -69,3 +76,20 @@ def row_chunks(x: Tensor, rows: int) -> Iterator[tuple[int, Tensor]]:
         yield start, x[start:stop]
         if release:
             page_out(x, start, stop)
+
+
+def gather_rows(x: Tensor, index: Tensor, block: int = 1 << 14) -> Tensor:
+    """``x[index]`` (a copy). From a file mapping, ``block`` rows at a time with read-ahead off
+    (``MADV_RANDOM``: a scattered row maps its own page, not its neighbours'), each block's pages
+    reclaimed after it: the resident set grows by about ``block`` pages, not by the file."""
+    if not (x.is_contiguous() and is_file_mapping(x)):
+        return x[index]
+    advise(x, 0, x.shape[0], MADV_RANDOM)
+    try:
+        blocks = []
+        for start in range(0, index.shape[0], block):
+            blocks.append(x[index[start:start + block]])
+            page_out(x, 0, x.shape[0])
+    finally:
+        advise(x, 0, x.shape[0], MADV_NORMAL)
+    return torch.cat(blocks) if blocks else x[index]
