@@ -17,7 +17,7 @@ def test_index_choice_by_size():
     assert few_queries.kind == "flat" and "too few target rows" in few_queries.reason
     big = choose_index(1_281_167, 20_000, 512, k=10)
     assert big.kind == "ivfpq" and big.nlist == 1132 and big.m == 64 and big.nbits == 8
-    assert big.refine == 100 and big.train_rows == 64 * 1132 and "IVF-PQ" in big.describe()
+    assert big.refine == 400 and big.train_rows == 64 * 1132 and "IVF-PQ" in big.describe()
     assert choose_index(1_281_167, 20_000, 512, requested="flat").kind == "flat"
     assert choose_index(50, 5, 8, requested="ivfpq", nprobe=3).nprobe == 1  # one list: nprobe clipped
     assert choose_index(10, 10, 8, budget=10 * 10 * 8).kind == "flat"
@@ -102,7 +102,7 @@ def test_reading_a_memory_map_in_chunks_does_not_keep_it_resident(tmp_path):
     assert is_file_mapping(mapped) and not is_file_mapping(torch.ones(65536, 512, dtype=torch.float16))
     before = _resident_kb()
     total = sum(float(chunk.float().sum()) for _, chunk in row_chunks(mapped, 4096))
-    assert total == 65536 * 512 and _resident_kb() - before < 16 * 1024  # one chunk, not 64 MiB
+    assert total == 65536 * 512 and _resident_kb() - before < 32 * 1024  # a chunk or two, not 64 MiB
     assert float(mapped[-1].float().sum()) == 512  # the file is still there to read again
     assert float(build_cost("centroid", mapped, torch.arange(65536) % 4, torch.ones(4, 512),
                             torch.arange(4)).max()) == 1.0

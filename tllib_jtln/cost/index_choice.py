@@ -31,8 +31,10 @@ EXACT_BUDGET = 2 ** 40
 #: How many times cheaper than exact search IVF-PQ's set-up must be for ``auto`` to take it.
 IVFPQ_ADVANTAGE = 4
 
-#: Candidates re-scored exactly per neighbour wanted (``refine * k`` per query).
-REFINE = 10
+#: Candidates re-scored exactly per neighbour wanted (``refine * k`` per query). Measured on 50k x 512
+#: synthetic features whose neighbours mix classes: Spearman of M against exact search 0.965 with 10,
+#: 0.998 with 40 (visiting 4x more lists changed nothing: the PQ ranking, not the lists, loses them).
+REFINE = 40
 
 
 @dataclass(frozen=True)

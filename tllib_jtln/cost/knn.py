@@ -127,11 +127,11 @@ def build_ivfpq(database: Tensor, plan: IndexChoice, *, seed: int = 0, cosine: b
     return index
 
 
-def rescore(database: Tensor, queries: np.ndarray, ids: Tensor, k: int, cosine: bool, block: int = 256
-            ) -> tuple[Tensor, Tensor]:
+def rescore(database: Tensor, queries: np.ndarray, ids: Tensor, k: int, cosine: bool) -> tuple[Tensor, Tensor]:
     """Exact scores of candidate ids ``(Nq, c)`` (``-1``: none) against ``database``; the ``k`` best.
 
-    Queries go ``block`` at a time: ``block * c`` database rows are gathered at once."""
+    Queries go a block at a time, ``block * c`` database rows gathered at once (about 64 MB of float32)."""
+    block = max(1, (1 << 24) // max(1, ids.shape[1] * database.shape[1]))
     scores, found = [], []
     for start in range(0, ids.shape[0], block):
         cand = ids[start:start + block]
