@@ -110,15 +110,18 @@ def build_ivfpq(database: Tensor, plan: IndexChoice, *, seed: int = 0, cosine: b
     dim = database.shape[1]
     quantizer = faiss.IndexFlatIP(dim)
     index = faiss.IndexIVFPQ(quantizer, dim, plan.nlist, plan.m, plan.nbits, faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = int(seed)
-    index.cp.niter = 10  # coarse lists only need to be roughly balanced; codes are re-scored exactly, so
-    index.pq.cp.niter = 10  # 10 k-means iterations (not 25) suffice: recall@10 0.998 at 100k x 512
-    index.pq.cp.seed = int(seed)
+    # The coarse lists only need to be roughly balanced, and candidates are re-scored exactly, so 10
+    # k-means iterations (not FAISS's 25) suffice for both (recall@10 0.998 at 100k x 512).
+    index.cp.seed = index.pq.cp.seed = int(seed)
+    index.cp.niter = index.pq.cp.niter = 10
     sample = sample_rows(database, plan.train_rows, seed, cosine)
+    # One thread: the product quantiser is many small k-means (one per sub-vector), whose OpenMP
+    # barriers cost more than a second thread gives (20k x 512: 5 s on one thread, 45 s on two of a
+    # busy 2-core machine).
     threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # many small k-means (one per sub-vector): OpenMP's barriers cost more than
-    try:                          # threads give (measured: 20k x 512 trained in 5 s on one thread, 45 s on two
-        index.train(sample)       # of a busy 2-core machine)
+    faiss.omp_set_num_threads(1)
+    try:
+        index.train(sample)
     finally:
         faiss.omp_set_num_threads(threads)
     for _, chunk in iter_chunks(database, chunk_rows(dim), cosine):
