@@ -5,9 +5,7 @@ features (200 classes).
   against the same cost with the torch matmul + topk reference (``index="torch"``,
   :func:`tllib_jtln.cost.knn_search_torch`); ``extra_info``: both times (min over rounds) and
   ``speedup_vs_torch`` (goal >= 1.4). Both sides get the same number of threads.
-- ``test_knn_cost_faiss_ivf``: ``index="ivf"`` (IVFFlat, nlist ~ sqrt(N), nprobe ~ sqrt(nlist))
-  against exact; ``extra_info``: search-only and end-to-end (training included) speed-ups,
-  ``recall_at_k`` of the neighbours and how many target classes keep their nearest source class.
+- IVF-PQ against exact search, and the growth with the source size: ``bench_cost_scale.py``.
 
 Full size under ``--benchmark-only`` (1-2 min on an idle 2-core machine); with ``--benchmark-disable`` (one
 run in CI) the source and target sets are 10x smaller. ``TLLIB_JTLN_BENCH_SCALE=0.5`` forces a
@@ -23,12 +21,10 @@ import os
 import time
 
 import faiss
-import numpy as np
 import pytest
 import torch
 
-from tllib_jtln.cost import build_cost, l2_normalize
-from tllib_jtln.cost.knn import build_index, default_nlist, default_nprobe, search_index
+from tllib_jtln.cost import build_cost
 
 N_SOURCE, N_TARGET, DIM, K_SOURCE, K_TARGET, K = 100_000, 10_000, 512, 1000, 200, 10
 
@@ -92,37 +88,3 @@ def test_knn_cost_faiss_exact(benchmark):
     assert cost.shape == (K_SOURCE, K_TARGET)
     torch.testing.assert_close(cost, reference, atol=1e-4, rtol=0)  # the same neighbours, the same cost
     assert (cost.argmin(0) == problem[4]).float().mean() > 0.95
-
-
-def test_knn_cost_faiss_ivf(benchmark):
-    scale = _scale(benchmark)
-    problem = _problem(scale)
-    sf, _, tf, _, pi = problem
-    rounds = 1 if benchmark.disabled else 3
-    db, queries = l2_normalize(sf), l2_normalize(tf)
-    db_np, q_np = db.numpy(), queries.numpy()
-    # search only: indexes built once
-    flat = build_index(db_np, "flat")
-    exact_search_s, (_, exact_ids) = _min_time(lambda: search_index(flat, q_np, K), rounds)
-    start = time.perf_counter()
-    ivf = build_index(db_np, "ivf")
-    ivf_build_s = time.perf_counter() - start
-    ivf_search_s, (_, ivf_ids) = _min_time(lambda: search_index(ivf, q_np, K), rounds)
-    recall = float(np.mean([np.intersect1d(a, e).size / K for a, e in zip(ivf_ids, exact_ids)]))
-    # end to end: the whole knn cost, IVF training included
-    exact_total_s, exact_cost = _min_time(lambda: _knn(problem, "flat"), rounds)
-    cost = benchmark.pedantic(_knn, args=(problem, "ivf"), rounds=rounds, iterations=1, warmup_rounds=0)
-    ivf_total_s = benchmark.stats.stats.min if benchmark.stats is not None else _min_time(lambda: _knn(problem, "ivf"), 1)[0]
-    nlist = default_nlist(db.shape[0])
-    info = {"scale": scale, "nlist": nlist, "nprobe": default_nprobe(nlist), "k": K,
-            "recall_at_k": round(recall, 4),
-            "same_nearest_source": float((cost.argmin(0) == exact_cost.argmin(0)).float().mean()),
-            "max_abs_cost_diff": round(float((cost - exact_cost).abs().max()), 4),
-            "exact_search_s": round(exact_search_s, 4), "ivf_search_s": round(ivf_search_s, 4),
-            "ivf_build_s": round(ivf_build_s, 4), "search_speedup": round(exact_search_s / ivf_search_s, 3),
-            "exact_cost_s": round(exact_total_s, 4), "ivf_cost_s": round(ivf_total_s, 4),
-            "end_to_end_speedup": round(exact_total_s / ivf_total_s, 3)}
-    benchmark.extra_info.update(info)
-    print(f"\nknn cost, FAISS IVFFlat vs exact: {info}")
-    assert recall > 0.8  # a broken index scores about nprobe / nlist
-    assert (cost.argmin(0) == pi).float().mean() > 0.95

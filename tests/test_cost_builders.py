@@ -148,10 +148,10 @@ def test_semantic_from_json_and_csv(tmp_path):
 
 
 def test_cost_options_from_config():
-    cfg = Config(cost_k=7, cost_index="ivf", cost_nprobe=4, cost_base="centroid", semantic_file="e.json",
-                 cost_normalize="none")
-    assert cost_options(cfg) == {"k": 7, "index": "ivf", "nprobe": 4, "base": "centroid", "semantic_file": "e.json",
-                                 "normalize": "none"}
+    cfg = Config(cost_k=7, cost_index="ivfpq", cost_nprobe=4,
+                 cost_base="centroid", semantic_file="e.json", cost_normalize="none", cost_source_per_class=3)
+    assert cost_options(cfg) == {"k": 7, "index": "ivfpq", "nprobe": 4, "base": "centroid", "semantic_file": "e.json", "normalize": "none",
+                                 "source_per_class": 3}
     sf, sl, tf, tl, _ = clustered()
     build_cost("centroid", sf, sl, tf, tl, **cost_options(Config()))  # every option is accepted
 

@@ -1,4 +1,4 @@
-"""collect_features: batching, modes, and the weights-keyed cache."""
+"""collect_features: batching and modes; the weights' fingerprint (the on-disk store: test_feature_store.py)."""
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -43,34 +43,6 @@ def test_modes_are_restored_including_mixed_ones():
     model.body[2].eval()  # frozen BatchNorm
     collect_features(model.forward_features, loader(), progress=False)  # a bound method works too
     assert model.training and model.body[1].training and not model.body[2].training
-
-
-def test_cache_is_reused_and_rebuilt_when_weights_or_key_change(tmp_path):
-    model, data = Counting(), loader()
-    key = {"arch": "tiny", "dataset": "toy", "split": "train", "transform": "none"}
-    first = collect_features(model, data, cache_dir=tmp_path, cache_key=key, progress=False)
-    assert model.calls == 3 and len(list(tmp_path.glob("features-*.pt"))) == 1
-    again = collect_features(model, data, cache_dir=tmp_path, cache_key=key, progress=False)
-    assert model.calls == 3  # served from the cache
-    torch.testing.assert_close(again[0], first[0])
-    with torch.no_grad():
-        model.body[1].weight.add_(1.0)
-    changed = collect_features(model, data, cache_dir=tmp_path, cache_key=key, progress=False)
-    assert model.calls == 6
-    assert not torch.allclose(changed[0], first[0])
-    collect_features(model, data, cache_dir=tmp_path, cache_key={**key, "split": "val"}, progress=False)
-    assert model.calls == 9 and len(list(tmp_path.glob("features-*.pt"))) == 3
-
-
-def test_corrupt_cache_is_rebuilt(tmp_path):
-    model, data = Counting(), loader()
-    collect_features(model, data, cache_dir=tmp_path, cache_key="k", progress=False)
-    (cache_file,) = tmp_path.glob("features-*.pt")
-    cache_file.write_bytes(b"not a checkpoint")
-    import pytest
-    with pytest.warns(UserWarning, match="unreadable"):
-        feats, _ = collect_features(model, data, cache_dir=tmp_path, cache_key="k", progress=False)
-    assert model.calls == 6 and feats.shape == (10, 5)
 
 
 def test_fingerprint_sees_parameters_and_buffers():

@@ -1,6 +1,7 @@
 """End to end: every registered method on a tiny generated task, resume equivalence, refusals,
 non-finite losses, and one-line CLI errors."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +73,22 @@ def _artifact_names(method: str) -> set:
 def test_test_command_reproduces_the_summary(data_root, tmp_path, capsys):
     log = tmp_path / "run"
     train_from_flags(tiny_flags(data_root, log, method="jtln", feature_cache=str(tmp_path / "fc")))
-    assert len(list((tmp_path / "fc").glob("features-*.pt"))) == 2  # source and target features
-    capsys.readouterr()
+    assert len(list((tmp_path / "fc").glob("features-*/done"))) == 2  # source and target feature stores
+    out = capsys.readouterr().out
+    assert "features: extracting source" in out and "read from the cache" not in out
+    # a second run (another recipe) from the same trunk on the same images forwards no image
+    train_from_flags(tiny_flags(data_root, tmp_path / "again", method="jtln", ot_weight=0.5,
+                                feature_cache=str(tmp_path / "fc")))
+    out = capsys.readouterr().out
+    assert "features: extracting" not in out and out.count("read from the cache") == 2
+    assert (tmp_path / "run" / "cost.npy").read_bytes() == (tmp_path / "again" / "cost.npy").read_bytes()
+    # the same paths, but the source images changed in place (a new mtime): their store is stale
+    for image in (data_root / "source" / "train").rglob("*.png"):
+        stamp = image.stat()
+        os.utime(image, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1_000_000_000))
+    train_from_flags(tiny_flags(data_root, tmp_path / "changed", method="jtln", feature_cache=str(tmp_path / "fc")))
+    out = capsys.readouterr().out
+    assert "features: extracting source" in out and out.count("read from the cache") == 1  # target: still a hit
     assert main(["test", "--log", str(log), "--no-progress"]) == 0
     out = capsys.readouterr().out
     s = _summary(log)

@@ -166,8 +166,11 @@ class Config:
     cost: str = _opt("knn", "cost matrix: knn, centroid, source-head, semantic, uniform, shuffled, file:PATH")
     cost_base: str = _opt("knn", "shuffled: the matrix whose source rows are permuted")
     cost_k: int = _opt(10, "knn: neighbours per target image")
-    cost_index: str = _opt("flat", "knn: FAISS index", choices=("flat", "ivf", "hnsw"))
-    cost_nprobe: Optional[int] = _opt(None, "knn with --cost-index ivf: lists visited per query (default ~sqrt(nlist))")
+    cost_index: str = _opt("auto", "knn: FAISS search; auto: exact (flat) unless the source is too large for it, "
+                                   "then IVF-PQ (the choice is logged)", choices=("auto", "flat", "ivfpq"))
+    cost_nprobe: Optional[int] = _opt(None, "knn with IVF-PQ: lists visited per query (default nlist/8, at least 8)")
+    cost_source_per_class: Optional[int] = _opt(None, "knn/centroid: build the cost from a seeded draw of N source "
+                                                      "images per class; none: every source image")
     cost_refresh: int = _opt(0, "rebuild the cost from current features every N epochs (0: never)")
     source_stage: bool = _opt(False, "jtln with source data (beyond the paper): a source stage first (as "
                                      "consecutive's), then JTLN on the target images with M built after it")
@@ -315,6 +318,7 @@ _RANGES = [
     ("cost_k", 1, None), ("cost_refresh", 0, None), ("seed", 0, MAX_SEED), ("data_seed", 0, MAX_SEED),
     ("bss_k", 1, None), ("bss_trade_off", 0.0, None), ("trade_off_backbone", 0.0, None), ("trade_off_head", 0.0, None),
     ("delta_attention_epochs", 0, None), ("delta_attention_iters", 1, None), ("delta_attention_batch_size", 1, None),
+    ("cost_source_per_class", 1, None), ("cost_nprobe", 1, None),
 ]
 
 _TYPES = {f.name: f.type for f in fields(Config)}

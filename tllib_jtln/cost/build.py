@@ -26,7 +26,9 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..registry import Registry
-from .inputs import CostInputs, as_features, as_labels, check_inputs
+from .inputs import CostInputs, as_features, as_labels, check_inputs, check_source_per_class
+from .paging import gather_rows
+from .subsample import sample_per_class
 from .taxonomy import TAXONOMY_PREFIX, taxonomy_cost
 
 COSTS: Registry[Callable[["CostInputs"], Tensor]] = Registry("costs")
@@ -82,6 +84,7 @@ def cost_options(cfg: Any) -> dict:
         "base": cfg.cost_base,
         "semantic_file": cfg.semantic_file,
         "normalize": cfg.cost_normalize,
+        "source_per_class": cfg.cost_source_per_class,
     }
 
 
@@ -94,17 +97,21 @@ def build_cost(name: str, source_features: Optional[Tensor] = None, source_label
         name: a registered builder (``knn``, ``centroid``, ``source-head``, ``semantic``,
             ``uniform``, ``shuffled``), ``file:PATH`` (``.npy`` or ``.csv``) or ``taxonomy:FILE``
             (a class hierarchy, :mod:`tllib_jtln.cost.taxonomy`).
-        source_features: ``(N_s, D)`` float, pooled pre-logit features of the source images.
+        source_features: ``(N_s, D)`` float, pooled pre-logit features of the source images
+            (float16, e.g. a memory map, is read in chunks and never copied whole).
         source_labels: ``(N_s,)`` int in ``[0, Ks)``.
         target_features: ``(N_t, D)`` float.
         target_labels: ``(N_t,)`` int in ``[0, Kt)``.
         **options: ``num_source_classes``, ``num_target_classes`` (default: from the class names,
-            else ``labels.max() + 1``), ``k`` (10), ``index`` (``flat``, ``ivf``, ``hnsw``, or
-            ``torch`` for the matmul reference), ``nprobe`` (IVF lists visited; default about
-            ``sqrt(nlist)``), ``metric`` (``cosine`` or ``euclidean``), ``seed`` (0), ``base``
+            else ``labels.max() + 1``), ``k`` (10), ``index`` (``auto``, ``flat``, ``ivfpq``:
+            :func:`~tllib_jtln.cost.index_choice.choose_index`; ``torch``: the matmul reference),
+            ``nprobe`` (IVF-PQ lists visited), ``metric`` (``cosine`` or ``euclidean``), ``seed`` (0), ``base``
             (``knn``, for ``shuffled``), ``source_probs`` ((N_t, Ks) source-head softmax on the
             target images, for ``source-head``), ``source_classes`` / ``target_classes`` (names),
-            ``semantic_file``, ``normalize`` (:data:`NORMALIZATIONS`, see :func:`normalize_cost`).
+            ``semantic_file``, ``normalize`` (:data:`NORMALIZATIONS`, see :func:`normalize_cost`),
+            ``source_per_class`` (None: every source row; N: a seeded draw of N rows per source
+            class, :func:`~tllib_jtln.cost.subsample.sample_per_class` with ``seed``), ``log``
+            (a ``str -> None`` callable told what was chosen: the search, the sample).
 
     Returns:
         ``(Ks, Kt)`` float32 CPU tensor, ``>= 0``, normalised as ``normalize`` says.
@@ -119,15 +126,34 @@ def build_cost(name: str, source_features: Optional[Tensor] = None, source_label
         close = difflib.get_close_matches(unknown[0], _OPTION_NAMES, n=1, cutoff=0.5)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise TypeError(f"build_cost: unknown option '{unknown[0]}'{hint} (options: {', '.join(_OPTION_NAMES)})")
+    source_labels = as_labels(source_labels, "source_labels")
+    per_class = options.get("source_per_class")
+    check_source_per_class(per_class)
+    if per_class is not None and source_features is not None and source_labels is not None:
+        source_features, source_labels = _sample_source(source_features, source_labels, per_class,
+                                                        options.get("seed", 0), options.get("log"))
     inputs = CostInputs(
         source_features=as_features(source_features, "source_features"),
-        source_labels=as_labels(source_labels, "source_labels"),
+        source_labels=source_labels,
         target_features=as_features(target_features, "target_features"),
         target_labels=as_labels(target_labels, "target_labels"),
         **options,
     )
     check_inputs(inputs)
     return build_from_inputs(str(name), inputs)
+
+
+def _sample_source(features, labels: Tensor, per_class: int, seed: int, log) -> tuple[Tensor, Tensor]:
+    """The rows :func:`sample_per_class` keeps, gathered (only they are read from a memory map)."""
+    features = torch.as_tensor(features)
+    if features.ndim != 2 or features.shape[0] != labels.shape[0]:
+        raise UserError(f"build_cost: source_features has shape {tuple(features.shape)} but source_labels "
+                        f"has {labels.shape[0]} rows")
+    rows = sample_per_class(labels, per_class, seed)
+    if log is not None:
+        log(f"cost: source side sampled to at most {per_class} images per class: {rows.numel():,} of "
+            f"{labels.shape[0]:,} rows (seed {seed})")
+    return gather_rows(features, rows), labels[rows]
 
 
 def build_from_inputs(name: str, inputs: CostInputs) -> Tensor:

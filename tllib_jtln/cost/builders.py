@@ -3,7 +3,8 @@ non-negative ``(Ks, Kt)`` matrix; :func:`~tllib_jtln.cost.build_cost` normalises
 
 - ``knn``: ``M = 1 - A / max(A)`` with ``A`` the k-NN affinity of :func:`knn.knn_affinity`
   (column ``t`` = similarity-weighted share of source labels among the ``k`` nearest source images
-  of the class-``t`` target images, cosine similarity, FAISS). A target class with no neighbour
+  of the class-``t`` target images, cosine similarity, FAISS; exact or IVF-PQ search as
+  :func:`~tllib_jtln.cost.index_choice.choose_index` decides, the decision told to ``log``). A target class with no neighbour
   mass falls back to its centroid-distance column, rescaled to ``[0, 1]``, with a warning.
 - ``centroid``: ``M[s, t] = d(mu_s, mu_t)`` between class-mean features, ``d`` = cosine distance
   ``1 - cos`` or Euclidean distance.
@@ -26,13 +27,20 @@ from ..errors import UserError
 from .build import build_from_inputs, register_cost
 from .inputs import CostInputs
 from .embeddings import load_embeddings, lookup_embeddings
+from .index_choice import choose_index
+from .paging import row_chunks
 from .knn import knn_affinity, knn_search, knn_search_torch, l2_normalize
 
 
-def class_means(features: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
-    """``(means (K, D) float64, counts (K,) int64)``; classes without samples have a zero mean."""
-    feats = features.double()
-    sums = torch.zeros(num_classes, feats.shape[1], dtype=torch.float64).index_add_(0, labels, feats)
+def class_means(features: Tensor, labels: Tensor, num_classes: int, chunk: int = 1 << 14
+                ) -> tuple[Tensor, Tensor]:
+    """``(means (K, D) float64, counts (K,) int64)``; classes without samples have a zero mean.
+
+    Sums are taken in float64 over ``chunk`` rows at a time (a float16 memory map is never copied
+    whole, nor kept resident: :func:`~tllib_jtln.cost.paging.row_chunks`)."""
+    sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64)
+    for start, rows in row_chunks(features, chunk):
+        sums.index_add_(0, labels[start:start + rows.shape[0]], rows.double())
     counts = torch.bincount(labels, minlength=num_classes)
     return sums / counts.clamp_min(1).unsqueeze(1), counts
 
@@ -105,12 +113,13 @@ def knn_cost(inputs: CostInputs) -> Tensor:
     ks, kt = inputs.ks, inputs.kt
     if sf.shape[0] == 0:
         raise UserError("cost 'knn': no source features (the source set is empty)")
-    source, target = l2_normalize(sf), l2_normalize(tf)
-    k = min(inputs.k, source.shape[0])
+    k = min(inputs.k, sf.shape[0])
     if inputs.index == "torch":
-        scores, ids = knn_search_torch(source, target, k)
+        scores, ids = knn_search_torch(l2_normalize(sf), l2_normalize(tf), k)
     else:
-        scores, ids = knn_search(source, target, k, index=inputs.index, nprobe=inputs.nprobe, seed=inputs.seed)
+        plan = choose_index(sf.shape[0], tf.shape[0], sf.shape[1], k, inputs.index, inputs.nprobe)
+        inputs.say(plan.describe())
+        scores, ids = knn_search(sf, tf, k, plan, seed=inputs.seed, cosine=True)
     affinity, mass = knn_affinity(scores, ids, sl, tl, ks, kt)
     top = affinity.max()
     cost = 1.0 - affinity / top if top > 0 else torch.ones(ks, kt, dtype=torch.float64)

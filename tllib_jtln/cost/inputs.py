@@ -8,12 +8,14 @@ counts ``Ks``/``Kt`` come from (in order) the explicit count, the class names, t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from ..errors import UserError
+from .index_choice import INDEX_KINDS
+from .paging import row_chunks
 
 
 @dataclass
@@ -33,7 +35,7 @@ class CostInputs:
     num_source_classes: Optional[int] = None
     num_target_classes: Optional[int] = None
     k: int = 10
-    index: str = "flat"
+    index: str = "auto"
     nprobe: Optional[int] = None
     metric: str = "cosine"
     seed: int = 0
@@ -43,10 +45,17 @@ class CostInputs:
     target_classes: Optional[Sequence[str]] = None
     semantic_file: Optional[str] = None
     normalize: str = "global"
+    source_per_class: Optional[int] = None
+    log: Optional[Callable[[str], None]] = None
     # the cost being built, for messages (set by build_cost)
     name: str = field(default="", repr=False)
 
     # ------------------------------------------------------------------ helpers for builders
+    def say(self, message: str) -> None:
+        """Tell the caller what a builder chose (index, sampling): ``log(message)`` when given."""
+        if self.log is not None:
+            self.log(message)
+
     @property
     def ks(self) -> int:
         """The number of source classes; a UserError naming the fix when unknown."""
@@ -85,7 +94,17 @@ class CostInputs:
 
 
 
+#: Feature dtypes kept as they are (a float16 memory map is read in chunks, never copied whole).
+FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+#: Rows checked at once for NaN and inf.
+CHECK_ROWS = 1 << 16
+
+
 def as_features(x: Optional[Tensor], what: str) -> Optional[Tensor]:
+    """``x`` as an ``(N, D)`` CPU float tensor: float16, bfloat16 and float32 kept (no copy of a
+    memory-mapped tensor), other floats made float32; NaN or inf (checked in chunks of
+    :data:`CHECK_ROWS` rows) is a UserError."""
     if x is None:
         return None
     if not isinstance(x, Tensor):
@@ -93,8 +112,10 @@ def as_features(x: Optional[Tensor], what: str) -> Optional[Tensor]:
     if x.ndim != 2 or not x.is_floating_point():
         raise UserError(f"build_cost: {what} must be an (N, D) float tensor, got shape {tuple(x.shape)} "
                         f"dtype {x.dtype}")
-    x = x.detach().to("cpu", torch.float32)
-    if not torch.isfinite(x).all():
+    x = x.detach().to("cpu")
+    if x.dtype not in FEATURE_DTYPES:
+        x = x.float()
+    if not all(torch.isfinite(chunk).all() for _, chunk in row_chunks(x, CHECK_ROWS)):
         raise UserError(f"build_cost: {what} has NaN or inf entries (the model diverged or an image is broken)")
     return x
 
@@ -161,10 +182,18 @@ def check_inputs(inp: CostInputs) -> None:
                                     None, "target")
     if isinstance(inp.k, bool) or not isinstance(inp.k, int) or inp.k < 1:
         raise UserError(f"build_cost: k (--cost-k) must be a positive integer, got {inp.k!r}")
-    if inp.index not in ("flat", "ivf", "hnsw", "torch"):
-        raise UserError(f"build_cost: index (--cost-index) must be flat, ivf or hnsw, got {inp.index!r}")
+    if inp.index not in (*INDEX_KINDS, "torch"):
+        raise UserError(f"build_cost: index (--cost-index) must be {', '.join(INDEX_KINDS)}, got {inp.index!r}")
     if inp.metric not in ("cosine", "euclidean"):
         raise UserError(f"build_cost: metric must be cosine or euclidean, got {inp.metric!r}")
     if inp.nprobe is not None and (isinstance(inp.nprobe, bool) or not isinstance(inp.nprobe, int)
                                    or inp.nprobe < 1):
         raise UserError(f"build_cost: nprobe must be a positive integer, got {inp.nprobe!r}")
+    check_source_per_class(inp.source_per_class)
+
+
+def check_source_per_class(value) -> None:
+    """``source_per_class`` is None or a positive integer."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise UserError(f"build_cost: source_per_class (--cost-source-per-class) must be a positive integer, "
+                        f"got {value!r}")

@@ -1,24 +1,28 @@
 """Nearest-neighbour search and the k-NN class affinity behind the ``knn`` cost.
 
-Search is maximum inner product: pass L2-normalised vectors and the scores are cosine
-similarities. Backends:
+Search is maximum inner product; with ``cosine=True`` every row is L2-normalised first (chunk by
+chunk), so the scores are cosine similarities. The database is read in row chunks of
+:func:`chunk_rows` rows, so it may be an fp16 tensor memory-mapped from disk
+(:class:`~tllib_jtln.cost.feature_store.FeatureStore`): it is never copied whole, and the memory
+a search takes is one float32 chunk plus the ``(Nq, k)`` results (plus the IVF-PQ codes, ``m``
+bytes a row). Plans (:mod:`tllib_jtln.cost.index_choice`, ``--cost-index``):
 
-- ``flat``: ``faiss.IndexFlatIP``, exact;
-- ``ivf``: ``faiss.IndexIVFFlat`` (inner product) with ``nlist ~ sqrt(N)`` k-means lists, of which
-  ``nprobe`` (default ``~ sqrt(nlist)``) are visited per query: approximate, for large sources;
-- ``hnsw``: ``faiss.IndexHNSWFlat`` (inner product graph, ``M = 32``): approximate, no training;
+- ``flat``: exact; each chunk searched with ``faiss.IndexFlatIP`` (on GPU 0 when the installed
+  faiss has GPU support and sees a GPU), the running top ``k`` merged;
+- ``ivfpq``: ``faiss.IndexIVFPQ`` trained on a seeded sample, filled chunk by chunk; each query's
+  ``refine`` best candidates are re-scored exactly against the database rows;
 - ``torch``: :func:`knn_search_torch`, chunked matmul + ``topk``: the reference implementation.
-
-``flat`` and ``ivf`` run on GPU 0 when the installed faiss has GPU support and sees a GPU.
 """
 from __future__ import annotations
 
-import math
-from typing import Optional
+from typing import Iterator, Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .index_choice import IndexChoice, choose_index
+from .paging import gather_rows, row_chunks
 
 _GPU_RESOURCES = None
 
@@ -29,22 +33,27 @@ def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(eps)
 
 
+def chunk_rows(dim: int) -> int:
+    """Rows per database chunk: about 64 MB of float32 (32768 rows at 512-d), at least 1024."""
+    return max(1024, (1 << 24) // max(1, dim))
+
+
+def iter_chunks(x: Tensor, rows: int, cosine: bool) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, chunk (rows, D) float32 C-contiguous numpy)`` over ``x`` (any float dtype, e.g. an
+    fp16 memory map, whose pages are released behind the reader: :func:`~tllib_jtln.cost.paging.row_chunks`),
+    L2-normalised when ``cosine``."""
+    for start, chunk in row_chunks(x, rows):
+        chunk = chunk.float()
+        if cosine:
+            chunk = l2_normalize(chunk)
+        yield start, np.ascontiguousarray(chunk.numpy())
+
+
 def faiss_gpu_available() -> bool:
     """True when the installed faiss was built with GPU support and sees at least one GPU."""
     import faiss
 
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
-def default_nlist(n: int) -> int:
-    """IVF lists for ``n`` database vectors: ``round(sqrt(n))``, at most ``n // 39`` (FAISS wants about
-    39 training points per centroid), at least 1."""
-    return max(1, min(int(round(math.sqrt(n))), n // 39))
-
-
-def default_nprobe(nlist: int) -> int:
-    """IVF lists visited per query by default: ``ceil(sqrt(nlist))`` (18 for a 100k source)."""
-    return max(1, min(nlist, int(math.ceil(math.sqrt(nlist)))))
 
 
 def _to_gpu(index):
@@ -56,84 +65,125 @@ def _to_gpu(index):
     return faiss.index_cpu_to_gpu(_GPU_RESOURCES, 0, index)
 
 
-def build_index(database: np.ndarray, index: str = "flat", *, nlist: Optional[int] = None, seed: int = 0,
-                use_gpu: Optional[bool] = None):
-    """A FAISS inner-product index over ``database`` (N, D) float32, trained (IVF) and filled.
+def merge_topk(best: Optional[tuple[Tensor, Tensor]], scores: Tensor, ids: Tensor, k: int
+               ) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest of the running ``best = (scores (Nq, k'), ids (Nq, k'))`` and a new
+    ``(scores, ids)`` block, best first."""
+    if best is not None:
+        scores, ids = torch.cat([best[0], scores], 1), torch.cat([best[1], ids], 1)
+    top = scores.topk(min(k, scores.shape[1]), dim=1)
+    return top.values, ids.gather(1, top.indices)
 
-    Args:
-        database: ``(N, D)`` float32 C-contiguous array.
-        index: ``flat``, ``ivf`` or ``hnsw``.
-        nlist: IVF lists (default :func:`default_nlist`).
-        seed: k-means seed for IVF training (the index is deterministic given the seed).
-        use_gpu: None: when :func:`faiss_gpu_available`; HNSW always runs on the CPU.
-    """
+
+def exact_search(database: Tensor, queries: np.ndarray, k: int, *, cosine: bool = False,
+                 use_gpu: Optional[bool] = None) -> tuple[Tensor, Tensor]:
+    """Exact top ``k`` inner products of ``queries`` (Nq, D) float32 over ``database`` (N, D), one
+    chunk of the database at a time."""
     import faiss
 
-    n, d = database.shape
     gpu = faiss_gpu_available() if use_gpu is None else use_gpu
-    if index == "flat":
-        idx = faiss.IndexFlatIP(d)
+    best = None
+    for start, chunk in iter_chunks(database, chunk_rows(database.shape[1]), cosine):
+        index = faiss.IndexFlatIP(chunk.shape[1])
         if gpu:
-            idx = _to_gpu(idx)
-    elif index == "ivf":
-        nlist = default_nlist(n) if nlist is None else max(1, min(nlist, n))
-        quantizer = faiss.IndexFlatIP(d)
-        idx = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        idx.cp.seed = int(seed)
-        idx.cp.niter = 10  # coarse lists only need to be roughly balanced, not converged
-        idx.cp.max_points_per_centroid = 64  # subsample: training costs O(64 nlist^2 D), not O(N nlist D)
-        if gpu:
-            idx = _to_gpu(idx)
-        idx.train(database)
-    elif index == "hnsw":
-        idx = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-        idx.hnsw.efConstruction = 64
-    else:
-        raise ValueError(f"index must be flat, ivf or hnsw, got {index!r}")
-    idx.add(database)
-    return idx
+            index = _to_gpu(index)
+        index.add(chunk)
+        scores, ids = index.search(queries, min(k, chunk.shape[0]))
+        best = merge_topk(best, torch.from_numpy(scores), torch.from_numpy(ids.astype(np.int64)) + start, k)
+    return best
 
 
-def search_index(idx, queries: np.ndarray, k: int, *, nprobe: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(scores (Nq, k) float32, ids (Nq, k) int64)`` of the ``k`` best matches, best first; ``-1`` ids
-    where an approximate index found fewer than ``k``."""
-    k = min(k, idx.ntotal)
-    nlist = getattr(idx, "nlist", None)
-    if nlist is None and hasattr(idx, "getNumLists"):  # GPU IVF indexes
-        nlist = idx.getNumLists()
-    if nlist is not None:
-        probes = default_nprobe(nlist) if nprobe is None else max(1, min(nprobe, nlist))
-        if hasattr(idx, "setNumProbes"):
-            idx.setNumProbes(probes)
-        else:
-            idx.nprobe = probes
-    hnsw = getattr(idx, "hnsw", None)
-    if hnsw is not None:
-        hnsw.efSearch = max(64, 2 * k)
-    scores, ids = idx.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    return scores, ids
+def sample_rows(database: Tensor, count: int, seed: int, cosine: bool) -> np.ndarray:
+    """``count`` distinct rows of ``database`` drawn with a seeded generator, in row order (reads
+    from a memory map stay sequential), as float32 numpy."""
+    gen = torch.Generator().manual_seed(int(seed))
+    rows = torch.randperm(database.shape[0], generator=gen)[:count].sort().values
+    sample = gather_rows(database, rows).float()
+    return np.ascontiguousarray((l2_normalize(sample) if cosine else sample).numpy())
 
 
-def knn_search(database: Tensor, queries: Tensor, k: int, index: str = "flat", *, nlist: Optional[int] = None,
-               nprobe: Optional[int] = None, seed: int = 0, use_gpu: Optional[bool] = None
-               ) -> tuple[Tensor, Tensor]:
+def build_ivfpq(database: Tensor, plan: IndexChoice, *, seed: int = 0, cosine: bool = False):
+    """A ``faiss.IndexIVFPQ`` (inner product) as ``plan`` says, trained on a seeded sample of
+    ``plan.train_rows`` rows and filled chunk by chunk."""
+    import faiss
+
+    dim = database.shape[1]
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFPQ(quantizer, dim, plan.nlist, plan.m, plan.nbits, faiss.METRIC_INNER_PRODUCT)
+    # The coarse lists only need to be roughly balanced, and candidates are re-scored exactly, so 10
+    # k-means iterations (not FAISS's 25) suffice for both (recall@10 0.998 at 100k x 512).
+    index.cp.seed = index.pq.cp.seed = int(seed)
+    index.cp.niter = index.pq.cp.niter = 10
+    sample = sample_rows(database, plan.train_rows, seed, cosine)
+    # One thread: the product quantiser is many small k-means (one per sub-vector), whose OpenMP
+    # barriers cost more than a second thread gives (20k x 512: 5 s on one thread, 45 s on two of a
+    # busy 2-core machine).
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        index.train(sample)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    for _, chunk in iter_chunks(database, chunk_rows(dim), cosine):
+        index.add(chunk)
+    index.nprobe = plan.nprobe
+    return index
+
+
+def rescore(database: Tensor, queries: np.ndarray, ids: Tensor, k: int, cosine: bool) -> tuple[Tensor, Tensor]:
+    """Exact scores of candidate ids ``(Nq, c)`` (``-1``: none) against ``database``; the ``k`` best.
+
+    Queries go a block at a time, ``block * c`` database rows gathered at once (about 64 MB of float32)."""
+    block = max(1, (1 << 24) // max(1, ids.shape[1] * database.shape[1]))
+    scores, found = [], []
+    for start in range(0, ids.shape[0], block):
+        cand = ids[start:start + block]
+        rows = gather_rows(database, cand.clamp_min(0).reshape(-1)).float()
+        rows = (l2_normalize(rows) if cosine else rows).view(*cand.shape, -1)  # (block, c, D)
+        sims = torch.einsum("qd,qcd->qc", torch.from_numpy(queries[start:start + block]), rows)
+        top = sims.masked_fill(cand < 0, float("-inf")).topk(min(k, cand.shape[1]), dim=1)
+        ids_top = cand.gather(1, top.indices)
+        scores.append(top.values.masked_fill(ids_top < 0, 0.0))
+        found.append(ids_top)
+    return torch.cat(scores), torch.cat(found)
+
+
+def ivfpq_search(database: Tensor, queries: np.ndarray, k: int, plan: IndexChoice, *, seed: int = 0,
+                 cosine: bool = False) -> tuple[Tensor, Tensor]:
+    """Top ``k`` by IVF-PQ candidates (``plan.refine`` per query) re-scored exactly."""
+    index = build_ivfpq(database, plan, seed=seed, cosine=cosine)
+    _, candidates = index.search(queries, max(k, plan.refine))
+    return rescore(database, queries, torch.from_numpy(candidates.astype(np.int64)), k, cosine)
+
+
+def knn_search(database: Tensor, queries: Tensor, k: int, index: Union[str, IndexChoice] = "auto", *,
+               nprobe: Optional[int] = None, seed: int = 0, cosine: bool = False,
+               use_gpu: Optional[bool] = None) -> tuple[Tensor, Tensor]:
     """The ``k`` largest inner products of each query with the database, by FAISS.
 
     Args:
-        database: ``(N, D)`` float (L2-normalise it for cosine similarity).
+        database: ``(N, D)`` float of any precision, e.g. an fp16 memory map; read in chunks.
         queries: ``(Nq, D)`` float.
         k: neighbours per query (clipped to ``N``).
-        index: ``flat`` (exact), ``ivf`` or ``hnsw`` (approximate).
+        index: ``auto``, ``flat`` (exact) or ``ivfpq`` (:func:`~tllib_jtln.cost.index_choice.choose_index`),
+            or a ready :class:`~tllib_jtln.cost.index_choice.IndexChoice`.
+        nprobe: IVF lists visited per query (IVF-PQ).
+        seed: seed of the IVF-PQ training sample and k-means.
+        cosine: L2-normalise database and queries first (scores are cosine similarities).
+        use_gpu: exact search on GPU 0; None: when :func:`faiss_gpu_available`.
 
     Returns:
         ``(scores (Nq, k) float32, ids (Nq, k) int64)`` CPU tensors, best first; ``ids == -1``
-        marks a missing neighbour (approximate indexes only).
+        marks a missing neighbour (IVF-PQ only, when the visited lists hold fewer than ``k`` rows).
     """
-    db = np.ascontiguousarray(database.detach().to("cpu", torch.float32).numpy())
-    q = np.ascontiguousarray(queries.detach().to("cpu", torch.float32).numpy())
-    idx = build_index(db, index, nlist=nlist, seed=seed, use_gpu=use_gpu)
-    scores, ids = search_index(idx, q, k, nprobe=nprobe)
-    return torch.from_numpy(scores), torch.from_numpy(ids.astype(np.int64, copy=False))
+    k = min(k, database.shape[0])
+    q = queries.detach().to("cpu", torch.float32)
+    q = np.ascontiguousarray((l2_normalize(q) if cosine else q).numpy())
+    plan = index if isinstance(index, IndexChoice) else choose_index(
+        database.shape[0], q.shape[0], database.shape[1], k, index, nprobe)
+    if plan.kind == "ivfpq":
+        return ivfpq_search(database, q, k, plan, seed=seed, cosine=cosine)
+    return exact_search(database, q, k, cosine=cosine, use_gpu=use_gpu)
 
 
 def knn_search_torch(database: Tensor, queries: Tensor, k: int, chunk_size: int = 1024) -> tuple[Tensor, Tensor]:

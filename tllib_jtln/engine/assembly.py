@@ -24,14 +24,9 @@ from ..methods import METHODS, SetupContext, build_method
 from ..models import build_model, create_backbone
 from . import distributed as D
 from .evaluate import eval_batch_size
+from .feature_cache import cached_features
 from .reporter import bars_wanted
 from .seeding import seed_everything
-
-#: The settings that decide which images (and pixels) a split holds: part of the feature-cache key.
-DATA_KEYS = ("data", "root", "source_data", "source_root", "sample_rate", "num_samples_per_class",
-             "val_per_class", "val_split", "source_per_class", "seed", "data_seed", "image_size", "transforms",
-             "source_classes", "target_classes", "invert", "class_split")
-
 
 @dataclass
 class Parts:
@@ -112,9 +107,10 @@ def make_feature_fn(parts: Parts, state: dict):
     the pooled pre-logits ``model.forward_features(x)`` of the current
     model in eval mode over the whole split (called on the main process: methods build their
     state there and the engine broadcasts it), memoised per epoch
-    (``state["epoch"]``) and, with ``--feature-cache DIR``, cached on disk by
-    :func:`tllib_jtln.cost.collect_features` under a key naming the data settings and a hash of the
-    weights (so runs that start from the same weights on the same data share the file).
+    (``state["epoch"]``) and, with ``--feature-cache DIR``, stored on disk in fp16 by
+    :func:`~tllib_jtln.engine.feature_cache.cached_features` under a key naming the images'
+    content and a hash of the trunk's weights (so runs that start from the same weights on the
+    same images share the store, and a second run forwards no image).
 
     A pass leaves torch's global RNG (CPU and the run's CUDA device) as it found it: the evaluation
     loader draws its base seed from it, and a refresh (or a cache hit instead of a pass) must not
@@ -133,14 +129,14 @@ def make_feature_fn(parts: Parts, state: dict):
         epoch = int(state.get("epoch", 0))
         key = (split, epoch)
         if key not in memo:
-            cache_dir = Path(cfg.feature_cache).expanduser() if cfg.feature_cache else None
-            cache_key = {"split": split, "view": "eval", "task": parts.task.name, "size": len(dataset), "arch": cfg.arch,
-                         **{k: getattr(cfg, k) for k in DATA_KEYS}}
+            loader_for = lambda data: eval_loader_of(parts, data, shard=False)  # noqa: E731
             with torch.random.fork_rng(devices=[parts.device] if parts.device.type == "cuda" else []):
-                feats, labels = collect_features(parts.model.forward_features,
-                                                 eval_loader_of(parts, dataset, shard=False),
-                                                 cache_dir=cache_dir if parts.info.is_main and cache_dir else None,
-                                                 cache_key=cache_key, progress=bars_wanted(cfg.progress, parts.info.is_main))
+                cached = None
+                if cfg.feature_cache:
+                    cached = cached_features(parts, split, dataset, Path(cfg.feature_cache).expanduser(), loader_for,
+                                             say=print if parts.info.is_main else lambda message: None)
+                feats, labels = cached or collect_features(parts.model.forward_features, loader_for(dataset),
+                                                           progress=bars_wanted(cfg.progress, parts.info.is_main))
             for old in [k for k in memo if k[1] != epoch]:  # keep the current epoch's features only
                 del memo[old]
             memo[key] = (feats, labels)

@@ -140,7 +140,7 @@ class JTLN(Method):
         options = dict(cost_options(self.cfg))
         options.update(num_source_classes=model.num_source_classes, num_target_classes=model.num_target_classes,
                        source_classes=ctx.source_classes or model.source_classes,
-                       target_classes=ctx.target_classes, source_probs=probs)
+                       target_classes=ctx.target_classes, source_probs=probs, log=print if ctx.is_main else None)
         cost = build_cost(self.cfg.cost, source_features, source_labels, target_features, target_labels, **options)
         expected = (model.num_source_classes, model.num_target_classes)
         if tuple(cost.shape) != expected:
@@ -229,7 +229,9 @@ class JTLN(Method):
                 "cost": cfg.cost, "cost_base": cfg.cost_base if cfg.cost == "shuffled" else None,
                 "cost_normalize": cfg.cost_normalize, "cost_refresh": cfg.cost_refresh,
                 "source_stage": self.source_stage,
-                "source_free": self.source_free, **super().switches()}
+                "source_free": self.source_free,
+                **({"cost_source_per_class": cfg.cost_source_per_class} if cfg.cost_source_per_class else {}),
+                **super().switches()}
 
     def transport_plan(self, source_logits: Tensor, target_logits: Tensor, labels: Tensor) -> Optional[Tensor]:
         """The mean target-side OT plan ``(Ks, Kt)`` (:meth:`JTLNLoss.mean_plan
