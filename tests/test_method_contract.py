@@ -289,6 +289,7 @@ def test_key_view_is_a_crop_and_flip_of_each_image():
 
 def test_bi_tuning_projects_in_the_one_forward_and_moves_the_key_encoder_by_momentum():
     method, model = prepared("bi_tuning", bi_tuning_k=3, bi_tuning_projection_dim=6, bi_tuning_momentum=0.9)
+    assert not model.target_head.bias.any() and model.target_head.weight.std() < 0.02  # TLlib's head: N(0, 0.01)
     b = batch(source=False)
     out = model(b.x_t, with_features=True)
     assert out.projection.shape == (4, 6) and out.rows(slice(1, None)).projection.shape == (3, 6)

@@ -17,7 +17,8 @@ Knobs (TLlib's defaults): ``bi_tuning_k`` (K, 40), ``bi_tuning_momentum`` (m, 0.
 ``bi_tuning_temperature`` (T, 0.07), ``bi_tuning_projection_dim`` (D, 128), ``bi_tuning_trade_off``
 (:math:`\lambda`, 1; ``--method bi_tuning --trade-off`` sets it). TLlib's script trains without
 ``--finetune`` (the trunk at the full rate): give ``--no-finetune`` for its recipe. The projector
-trains at the trunk's rate (0.1x under ``--finetune``), as TLlib's.
+trains at the trunk's rate (0.1x under ``--finetune``), and the target head starts from
+:math:`W_t \sim N(0, 0.01^2)`, :math:`c_t = 0`, as TLlib's.
 
 The second view: the loader gives one augmented view per image, so the key view is drawn from it
 on the device (:func:`key_view`: a random resized crop, area 20-100%, aspect 3/4-4/3, and a
@@ -102,6 +103,8 @@ class BiTuning(ERM):
     def prepare_model(self, model) -> None:
         super().prepare_model(model)  # the source head is frozen, as erm's
         cfg = self.cfg
+        nn.init.normal_(model.target_head.weight, 0.0, 0.01)  # TLlib's Bi-Tuning head: N(0, 0.01), no bias
+        nn.init.zeros_(model.target_head.bias)
         device = model.target_head.weight.device
         model.projector = nn.Linear(model.head_dim, cfg.bi_tuning_projection_dim).to(device)
         self.query = FeatureProjector(model.backbone, model.bottleneck, model.projector)
