@@ -298,6 +298,8 @@ def test_bi_tuning_projects_in_the_one_forward_and_moves_the_key_encoder_by_mome
     assert groups["projector"] == groups["backbone"] == pytest.approx(0.1 * groups["target_head"])
     terms = method.losses(model, b, 0.0)
     assert set(terms) == {"ce_target", "bi_tuning_z", "bi_tuning_y"}
+    assert method.switches() == {"bi_tuning_k": 3, "bi_tuning_momentum": 0.9, "bi_tuning_temperature": 0.07,
+                                 "bi_tuning_projection_dim": 6, "bi_tuning_trade_off": 1.0}
     start = [p.detach().clone() for p in model.key_encoder.parameters()]
     assert all(torch.allclose(k, q) for k, q in zip(start, method.query.parameters()))  # the first update: a copy
     optimizer.zero_grad()

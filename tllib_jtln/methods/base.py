@@ -170,10 +170,12 @@ class Method:
         return []
 
     def switches(self) -> dict[str, Any]:
-        """The method's resolved settings, as they ran (recorded in ``summary.json``): the regularisers' knobs."""
+        """The method's resolved settings, as they ran (recorded in ``summary.json``): its own knobs and the
+        regularisers'."""
+        out: dict[str, Any] = {knob: getattr(self.cfg, knob) for knob in self.knobs}
         if not self.regularizers:
-            return {}
-        out: dict[str, Any] = {"regularizers": [r.name for r in self.regularizers]}
+            return out
+        out["regularizers"] = [r.name for r in self.regularizers]
         for reg in self.regularizers:
             out.update(reg.switches())
         return out
