@@ -268,7 +268,7 @@ def test_lwf_needs_the_pretrained_classifier_as_the_source_head():
     with pytest.raises(UserError, match="-a smallcnn: LwF distils the pretrained classifier and this backbone has none"):
         build_method(Config(method="lwf", arch="smallcnn"), make_task(source=True)).prepare_model(model)
     model.backbone.__dict__["pretrained_head"] = nn.Linear(model.features_dim, 7)  # pretrained, yet not the source head
-    with pytest.raises(UserError, match="give --source-data none"):
+    with pytest.raises(UserError, match="run it source-free: drop --source-data"):
         build_method(Config(method="jtln", regularizers=["lwf"]), make_task(source=True)).prepare_model(model)
 
 

@@ -51,7 +51,8 @@ class LwFRegularizer(Regularizer):
                                 "(--no-pretrained, or a model without a classifier); use pretrained weights with a "
                                 "classifier, or another method")
             raise UserError("lwf distils the pretrained classifier on the target images, and this run's source head "
-                            "is a new head for the source data's classes; give --source-data none (source-free)")
+                            "is a new head for the source data's classes; run it source-free: drop --source-data (the "
+                            "embedded task: --source-data none)")
         self.teacher = nn.Sequential(frozen_copy(model.backbone), frozen_copy(model.source_head))
 
     def terms(self, view: TargetView):
