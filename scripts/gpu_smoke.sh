@@ -9,7 +9,8 @@
 #   cuda                 torch sees a GPU
 #   data                 the embedded Fashion-MNIST task's files are in place
 #   train-<method>       every registered method (tllib-jtln list methods): one tiny run each on the
-#                        embedded task with --device cuda --amp (1 epoch x 20 steps, test pass included)
+#                        embedded task with --device cuda --amp (1 epoch x 20 steps, test pass included;
+#                        lwf: source-free on the offline pretrained tf_efficientnet_lite0)
 #   methods              the registry holds TLlib's whole family and JTLN: $METHODS
 #   ot-cuda              the CUDA cases of benchmarks/bench_ot.py and tests/test_ot_sinkhorn.py
 #                        (none may be skipped)
@@ -59,8 +60,11 @@ sys.exit(0 if locate(sys.argv[1] or None) else 'Fashion-MNIST not found: tllib-j
     "${FMNIST_ROOT:-}"
 
 for method in $("$PY" -m tllib_jtln list methods); do
+    needs=()  # lwf distils a pretrained classifier, source-free: the offline ImageNet tf_efficientnet_lite0
+    if [[ $method == lwf ]]; then needs=(-a tf_efficientnet_lite0 --source-data none); fi
     run "train-$method" 300 "$PY" -m tllib_jtln train --method "$method" --device cuda --amp \
-        --epochs 1 --iters-per-epoch 20 --no-progress --log "$DIR/runs/$method" --overwrite "${ROOT_FLAGS[@]}"
+        --epochs 1 --iters-per-epoch 20 --no-progress --log "$DIR/runs/$method" --overwrite "${ROOT_FLAGS[@]}" \
+        "${needs[@]}"
     if [[ ! -s "$DIR/runs/$method/summary.json" ]]; then
         echo "FAIL train-$method: no summary.json in $DIR/runs/$method"
         exit 1

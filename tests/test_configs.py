@@ -45,9 +45,13 @@ def test_selection_is_on_validation_with_splits_and_seeds_disjoint_from_the_eval
         assert sorted(select["methods"][f"{family}-w{w}"]["ot_weight"] for w in ("0.1", "0.3", "3")) == [0.1, 0.3, 3.0]
     rows = powered["methods"]
     assert set(rows) == {"erm", "consecutive", "joint", "co_tuning", "jtln", "jtln-uniform", "jtln-shuffled",
-                         "jtln-source", "jtln-taxonomy", "jtln-taxonomy-shuffled"}
+                         "jtln-source", "jtln-taxonomy", "jtln-taxonomy-shuffled", "jtln+reg"}
+    # jtln + the regulariser chosen among the selection suite's jtln+<regulariser> rows (issue 25 item 3)
+    for reg in ("bss", "l2sp", "delta"):
+        assert select["methods"][f"jtln+{reg}"]["method"] == "jtln" and select["methods"][f"jtln+{reg}"]["with"] == [reg]
+    assert f"jtln+{rows['jtln+reg']['with'][0]}" in select["methods"] and ["jtln+reg", "jtln"] in powered["pairs"]
     tuned = {k: rows["jtln"][k] for k in ("ot_eps", "ot_weight", "ot_reg")}
-    for control in ("jtln-uniform", "jtln-shuffled", "jtln-taxonomy", "jtln-taxonomy-shuffled"):
+    for control in ("jtln-uniform", "jtln-shuffled", "jtln-taxonomy", "jtln-taxonomy-shuffled", "jtln+reg"):
         assert {k: rows[control][k] for k in tuned} == tuned  # the controls at jtln's tuned settings
     assert rows["jtln-taxonomy-shuffled"]["cost_base"] == rows["jtln-taxonomy"]["cost"]
     assert (CONFIGS.parent / rows["jtln-taxonomy"]["cost"].removeprefix("taxonomy:")).is_file()
@@ -56,3 +60,29 @@ def test_selection_is_on_validation_with_splits_and_seeds_disjoint_from_the_eval
     assert ["jtln-taxonomy", "jtln-taxonomy-shuffled"] in powered["pairs"]
     for suite in (select, powered):  # every run resolves as `train` would (what --dry-run checks)
         check_runs(expand_runs(suite), suite["name"], tmp_path)
+
+
+#: TLlib's family (issue 25) and each method's trade-off knob, as the suites' rows and the selection grid name it
+FAMILY_KNOBS = {"l2sp": "trade_off_backbone", "delta": "trade_off_backbone", "bss": "bss_trade_off",
+                "stochnorm": "stochnorm_p", "lwf": "lwf_trade_off", "bi_tuning": "bi_tuning_trade_off"}
+
+
+@pytest.mark.parametrize("name", ["pretrained_joint.yaml", "imagenet_pretrained.yaml"])
+def test_tllibs_family_runs_beside_jtln_at_tllibs_defaults(name):
+    suite = load_suite(CONFIGS / "suite" / name)
+    rows = suite["methods"]
+    for method, knob in FAMILY_KNOBS.items():
+        row = rows[method]
+        assert row["method"] == method and row[knob] == getattr(Config(), knob), method  # TLlib's default until tuned
+    assert rows["stochnorm"]["freeze_bn"] is False and rows["erm-bn"] == {"method": "erm", "freeze_bn": False}
+    assert rows["bi_tuning"]["finetune"] is False  # TLlib's bi_tuning.sh has no --finetune
+    assert {**suite["base"], **rows["lwf"]}["source_data"] == "none"  # LwF distils the ImageNet head: source-free
+
+
+def test_selection_grid_of_tllibs_family_is_each_trade_off_around_tllibs_default():
+    rows = load_suite(CONFIGS / "suite" / "select_pretrained_joint.yaml")["methods"]
+    for method, knob in FAMILY_KNOBS.items():
+        grid = sorted(row[knob] for row in rows.values() if row["method"] == method)
+        default = getattr(Config(), knob)
+        expected = [0.25, 0.5, 0.75] if method == "stochnorm" else [0.3 * default, default, 3 * default]
+        assert grid == pytest.approx(expected), method

@@ -64,11 +64,11 @@ def test_nproc_per_node_flag_matches_torchrun(torchrun_run):
 
 
 def test_two_process_run_with_regularisers_reading_features_feature_maps_and_a_frozen_copy(tmp_path):
-    """DELTA's hooks and frozen copy, and BSS's features, under DDP: one forward through the wrapper per
-    step, the channel attention computed on rank 0 and broadcast."""
+    """DELTA's hooks and frozen copy, BSS's features and StochNorm's layers under DDP: one forward through the
+    wrapper per step, the channel attention computed on rank 0 and broadcast."""
     log = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "tllib_jtln", "train", "--nproc-per-node", "2",
-           *tiny_argv(tmp_path / "data", log, method="jtln", regularizers="delta,bss", delta_attention_iters=1,
+           *tiny_argv(tmp_path / "data", log, method="jtln", regularizers="delta,bss,stochnorm", delta_attention_iters=1,
                       epochs=1, lr_decay_epochs=[1])]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=ENV)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -125,3 +125,16 @@ def test_nproc_per_node_relays_a_workers_one_line_error_and_exits_2(tmp_path):
     errors = [line for line in out.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and "000.png: unreadable or corrupt image" in errors[0], out.stderr[-3000:]
     assert "Traceback" not in out.stderr and "torch/distributed/elastic" not in out.stderr
+
+
+def test_two_process_bi_tuning_run_projects_inside_the_one_forward(tmp_path):
+    """Bi-Tuning's projector is trained under DDP: it runs inside the wrapped forward (a head used only
+    outside it would be marked unused and then ready twice); the key encoder and queues need no gradient."""
+    log = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "tllib_jtln", "train", "--nproc-per-node", "2",
+           *tiny_argv(tmp_path / "data", log, method="bi_tuning", bi_tuning_k=2, epochs=1, lr_decay_epochs=[1])]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=ENV)
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((log / "metrics.jsonl").read_text().splitlines()[0])
+    assert all(np.isfinite(record[k]) for k in ("train_ce_target", "train_bi_tuning_z", "train_bi_tuning_y"))
+    assert json.loads((log / "summary.json").read_text())["world_size"] == 2

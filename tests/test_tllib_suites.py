@@ -45,6 +45,25 @@ def test_suite_is_tllibs_recipe_for_every_method(name):
     assert any(s.get("source_data") == "ImageNet" for s in jtln)  # ImageNet images as the source
 
 
+#: the knobs TLlib's scripts default to, which the suites' rows leave at the methods' defaults
+TLLIB_DEFAULTS = {"stochnorm": {"stochnorm_p": 0.5}, "lwf": {"lwf_temperature": 3.0, "lwf_trade_off": 4.0},
+                  "bi_tuning": {"bi_tuning_k": 40, "bi_tuning_momentum": 0.999, "bi_tuning_temperature": 0.07,
+                                "bi_tuning_projection_dim": 128, "bi_tuning_trade_off": 1.0},
+                  "bss": {"bss_k": 1, "bss_trade_off": 0.001}, "co_tuning": {"trade_off": 2.3},
+                  "l2sp": {"trade_off_backbone": 0.01, "trade_off_head": 0.01},
+                  "delta": {"trade_off_backbone": 0.01, "trade_off_head": 0.01}}
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_the_knobs_the_suites_rely_on_are_the_methods_defaults(name):
+    from tllib_jtln.config import Config
+
+    for run in expand_runs(load_suite(SUITE_DIR / f"{name}.yaml")):
+        knobs = TLLIB_DEFAULTS.get(run.settings["method"], {})
+        resolved = Config().update(dict(run.settings), run.name)
+        assert {k: getattr(resolved, k) for k in knobs} == knobs, run.name
+
+
 def _on_fake_root(name: str, tmp_path: Path) -> tuple[Path, list[str]]:
     """The suite file pointed at a miniature TLlib root (and an ImageFolder source), keeping the
     rows whose method this checkout registers; returns its path and those rows."""

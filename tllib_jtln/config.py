@@ -130,9 +130,9 @@ class Config:
 
     # --- methods
     trade_off: float = _opt(2.3, "weight of the method's regulariser: co_tuning's soft-label loss (TLlib's 2.3), "
-                                 "jtln's OT term (= --ot-weight)")
-    regularizers: list = _opt([], "TLlib regularisers added to erm, joint or jtln: bss, l2sp, delta (tllib-jtln list "
-                                  "regularizers); --with bss,l2sp or a YAML list", flags=("--with", "--regularizers"),
+                                 "jtln's OT term (= --ot-weight); bss, lwf, bi_tuning: their --*-trade-off")
+    regularizers: list = _opt([], "TLlib regularisers added to erm, joint or jtln: bss, l2sp, delta, stochnorm, lwf "
+                                  "(tllib-jtln list regularizers); --with bss,l2sp or a YAML list", flags=("--with", "--regularizers"),
                               names=True)
     bss_k: int = _opt(1, "bss: how many of the smallest singular values of the batch features are shrunk (TLlib's -k)")
     bss_trade_off: float = _opt(0.001, "bss: weight of the BSS term (TLlib's --trade-off for bss.py)")
@@ -149,6 +149,16 @@ class Config:
                                              "there (a relative path is under --log); none: computed, kept in the "
                                              "checkpoint")
     # stochnorm, lwf, bi_tuning: their knobs go here
+    stochnorm_p: float = _opt(0.5, "stochnorm: probability that a BatchNorm channel normalises with the batch "
+                                   "statistics in training, else the moving ones (TLlib's --prob)")
+    lwf_temperature: float = _opt(3.0, "lwf: distillation temperature T (TLlib's lwf.py -T)")
+    lwf_trade_off: float = _opt(4.0, "lwf: weight of the distillation term (TLlib's --trade-off for lwf.py)")
+    bi_tuning_k: int = _opt(40, "bi_tuning: keys queued per class (TLlib's --K)")
+    bi_tuning_momentum: float = _opt(0.999, "bi_tuning: momentum m of the key encoder (TLlib's --m)")
+    bi_tuning_temperature: float = _opt(0.07, "bi_tuning: temperature of the contrastive terms (TLlib's --T)")
+    bi_tuning_projection_dim: int = _opt(128, "bi_tuning: width of the projector head (TLlib's --projection-dim)")
+    bi_tuning_trade_off: float = _opt(1.0, "bi_tuning: weight of the two contrastive terms (TLlib's --trade-off "
+                                           "for bi_tuning.py)")
 
     # --- JTLN (see the spec: docs/method.md)
     ot_on: str = _opt("target", "which samples feed the OT term; target (the paper's): the source head's "
@@ -299,8 +309,8 @@ COMMAND_LINE = "command line"
 #: Destructive switches: accepted from the command line (or a program) only, never from a YAML file.
 COMMAND_LINE_ONLY = ("overwrite", "resume")
 
-#: Fields that must be > 0: the learning rate, Nesterov SGD's momentum, the entropic regularisation.
-_POSITIVE = ("lr", "momentum", "ot_eps")
+#: Fields that must be > 0: the learning rate, Nesterov SGD's momentum, the entropic regularisation, the temperatures.
+_POSITIVE = ("lr", "momentum", "ot_eps", "lwf_temperature", "bi_tuning_temperature")
 
 #: Seeds are NumPy's and torch's: unsigned 32-bit integers.
 MAX_SEED = 2 ** 32 - 1
@@ -319,6 +329,8 @@ _RANGES = [
     ("bss_k", 1, None), ("bss_trade_off", 0.0, None), ("trade_off_backbone", 0.0, None), ("trade_off_head", 0.0, None),
     ("delta_attention_epochs", 0, None), ("delta_attention_iters", 1, None), ("delta_attention_batch_size", 1, None),
     ("cost_source_per_class", 1, None), ("cost_nprobe", 1, None),
+    ("stochnorm_p", 0.0, 1.0), ("lwf_trade_off", 0.0, None), ("bi_tuning_k", 1, None), ("bi_tuning_momentum", 0.0, 1.0),
+    ("bi_tuning_projection_dim", 1, None), ("bi_tuning_trade_off", 0.0, None),
 ]
 
 _TYPES = {f.name: f.type for f in fields(Config)}

@@ -1,13 +1,15 @@
 """Flags whose meaning depends on the method: TLlib's ``--trade-off`` and flags a method would ignore.
 
-- ``--trade-off`` is the weight of a method's regulariser, as in TLlib: ``co_tuning``'s soft-label
-  loss (default 2.3, TLlib's), and for ``jtln`` the OT weight ``ot_weight`` (alpha). Giving both
-  ``--trade-off`` and ``--ot-weight`` with different values to ``jtln`` is an error.
+- ``--trade-off`` is the weight of a method's regulariser, as in TLlib: the ``Config`` field the
+  method names in ``Method.trade_off_field`` (``co_tuning``: ``trade_off`` itself, default 2.3, TLlib's;
+  ``jtln``: the OT weight ``ot_weight``, alpha; ``bss``: ``bss_trade_off``; ``lwf``: ``lwf_trade_off``;
+  ``bi_tuning``: ``bi_tuning_trade_off``). Giving both ``--trade-off`` and that field with
+  different values is an error.
 - A flag the chosen method would ignore is an error naming the method that uses it, when the user
   gave it on the command line (defaults and shared suite/YAML settings never trigger it):
-  ``--trade-off`` with ``erm``/``joint``/``consecutive``, ``--source-stage`` with anything but
-  ``jtln`` with source data.
-- ``--trade-off`` with ``bss`` is TLlib's BSS weight ``bss_trade_off``.
+  ``--trade-off`` with a method without a trade-off (``erm``, ``joint``, ``consecutive``, ...),
+  ``--source-stage`` with anything but ``jtln`` with source data, a method's own knob
+  (``Method.knobs``: ``--bi-tuning-k``, ...) with another method.
 - ``--with`` (``regularizers``) and the regularisers' knobs: :func:`apply_regularizer_flags`.
 
 :func:`apply_method_flags` is one stage (rules) of the settings pass, :func:`tllib_jtln.settings.resolve_settings`.
@@ -15,9 +17,6 @@
 from __future__ import annotations
 
 from .errors import UserError
-
-#: methods with a regulariser weighted by --trade-off
-TRADE_OFF_METHODS = ("co_tuning", "jtln", "bss")
 
 
 def has_source_data(cfg) -> bool:
@@ -30,27 +29,31 @@ def has_source_data(cfg) -> bool:
 
 
 def apply_method_flags(cfg, explicit: set, command_line: set):
-    """Map ``--trade-off`` onto ``jtln``'s OT weight and refuse flags the method ignores.
+    """Map ``--trade-off`` onto the method's ``trade_off_field`` and refuse flags the method ignores.
 
     Args:
         cfg: the resolved :class:`~tllib_jtln.config.Config` (changed in place and returned).
         explicit: field names set by ``--config`` or on the command line.
         command_line: field names given on the command line.
     """
+    from .methods import METHODS
+
     method = cfg.method
-    if method == "jtln" and "trade_off" in explicit:
-        if "ot_weight" in explicit and cfg.ot_weight != cfg.trade_off:
-            raise UserError(f"--trade-off {cfg.trade_off} and --ot-weight {cfg.ot_weight} both set jtln's OT "
-                            f"weight; give one of them")
-        cfg.ot_weight = cfg.trade_off
-    if method == "bss" and "trade_off" in explicit:
-        if "bss_trade_off" in explicit and cfg.bss_trade_off != cfg.trade_off:
-            raise UserError(f"--trade-off {cfg.trade_off} and --bss-trade-off {cfg.bss_trade_off} both set bss's "
-                            f"weight; give one of them")
-        cfg.bss_trade_off = cfg.trade_off
-    if "trade_off" in command_line and method not in TRADE_OFF_METHODS:
-        raise UserError(f"--trade-off weighs the regulariser of co_tuning, jtln or bss; --method {method} has none "
-                        f"(drop --trade-off, or use --method co_tuning/jtln/bss)")
+    field = METHODS.get(method).trade_off_field
+    if field not in (None, "trade_off") and "trade_off" in explicit:
+        if field in explicit and getattr(cfg, field) != cfg.trade_off:
+            raise UserError(f"--trade-off {cfg.trade_off} and --{field.replace('_', '-')} {getattr(cfg, field)} both "
+                            f"set {method}'s weight; give one of them")
+        setattr(cfg, field, cfg.trade_off)
+    if "trade_off" in command_line and field is None:
+        weighed = ", ".join(name for name in METHODS.names() if METHODS.get(name).trade_off_field)
+        raise UserError(f"--trade-off weighs the regulariser of {weighed}; --method {method} has none "
+                        f"(drop --trade-off, or use one of those methods)")
+    for name in METHODS.names():
+        given = sorted(set(METHODS.get(name).knobs) & command_line) if name != method else []
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} is a knob of --method {name}, not of --method {method}; "
+                            f"drop it, or use --method {name}")
     if "source_stage" in command_line and cfg.source_stage and (method != "jtln" or not has_source_data(cfg)):
         where = "without source data" if method == "jtln" else f"--method {method}"
         raise UserError(f"--source-stage is a jtln switch that needs source images; {where} has no source stage "

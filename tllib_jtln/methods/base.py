@@ -118,6 +118,9 @@ class Method:
     ``needs_source_data = True`` makes the constructor refuse a task without source images.
     ``takes_regularizers = True`` accepts ``cfg.regularizers`` (``--with``); ``built_in`` names
     regularisers the method always has (``bss`` is ``erm`` with ``built_in = ("bss",)``).
+    ``trade_off_field`` names the ``Config`` field TLlib's ``--trade-off`` sets for this method
+    (None: the method has no trade-off and ``--trade-off`` is refused); ``knobs`` the ``Config``
+    fields only this method reads (given on the command line for another method: refused).
 
     Args:
         cfg: the run's :class:`~tllib_jtln.config.Config`.
@@ -130,6 +133,8 @@ class Method:
     needs_source_data: bool = False
     takes_regularizers: bool = False
     built_in: tuple[str, ...] = ()
+    trade_off_field: Optional[str] = None
+    knobs: tuple[str, ...] = ()
 
     def __init__(self, cfg: Any, task: Any):
         self.cfg = cfg
@@ -165,10 +170,12 @@ class Method:
         return []
 
     def switches(self) -> dict[str, Any]:
-        """The method's resolved settings, as they ran (recorded in ``summary.json``): the regularisers' knobs."""
+        """The method's resolved settings, as they ran (recorded in ``summary.json``): its own knobs and the
+        regularisers'."""
+        out: dict[str, Any] = {knob: getattr(self.cfg, knob) for knob in self.knobs}
         if not self.regularizers:
-            return {}
-        out: dict[str, Any] = {"regularizers": [r.name for r in self.regularizers]}
+            return out
+        out["regularizers"] = [r.name for r in self.regularizers]
         for reg in self.regularizers:
             out.update(reg.switches())
         return out
@@ -211,9 +218,9 @@ class Method:
     # ------------------------------------------------------------------ state
     def _owners(self) -> dict[str, tuple[Any, str]]:
         """Every state key -> (the object holding it, its attribute): the method's, then ``reg.name/key``."""
-        owners = {key: (self, key) for key in self.state_keys()}
+        owners = {key: attribute_owner(self, key) for key in self.state_keys()}
         for reg in self.regularizers:
-            owners.update({f"{reg.name}/{key}": (reg, key) for key in reg.state_keys()})
+            owners.update({f"{reg.name}/{key}": attribute_owner(reg, key) for key in reg.state_keys()})
         return owners
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -223,15 +230,18 @@ class Method:
         return {key: value for key, value in state.items() if value is not None}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Set the state from ``state``; the tensors are copied (a method may change its state in place, as
+        Bi-Tuning's queues, and must not change the caller's)."""
         owners = self._owners()
         unknown = set(state) - set(owners)
         if unknown:
             raise KeyError(f"{self.name}: unexpected state keys {sorted(unknown)}")
         for key, value in state.items():
-            setattr(*owners[key], value)
+            setattr(*owners[key], value.clone())
 
     def state_keys(self) -> tuple[str, ...]:
-        """Names of the tensor attributes the method owns. Default: none."""
+        """Names of the tensor attributes the method owns, dotted for an attribute of one of its modules
+        (``"loss.queue_z.keys"``: a buffer). Default: none."""
         return ()
 
     def artifacts(self) -> dict[str, Tensor]:
@@ -243,6 +253,15 @@ class Method:
 
 
 # ---------------------------------------------------------------------------------------------
+def attribute_owner(obj: Any, path: str) -> tuple[Any, str]:
+    """``(holder, name)`` of the dotted attribute ``path`` of ``obj`` (``"loss.queue_z.keys"`` ->
+    ``(obj.loss.queue_z, "keys")``), so that ``getattr``/``setattr`` on the pair reads or replaces it."""
+    *parents, name = path.split(".")
+    for parent in parents:
+        obj = getattr(obj, parent)
+    return obj, name
+
+
 def forward_joint(model: Callable[..., ForwardOutput], x_s: Optional[Tensor],
                   x_t: Optional[Tensor]) -> tuple[Optional[ForwardOutput], Optional[ForwardOutput]]:
     """One forward pass over ``cat(x_s, x_t)``; returns the :class:`ForwardOutput` rows of each side

@@ -37,3 +37,4 @@ class BSSRegularizer(Regularizer):
 @register_method("bss")
 class BSS(ERM):
     built_in = ("bss",)
+    trade_off_field = "bss_trade_off"

@@ -51,6 +51,8 @@ __all__ = ["CoTuning", "category_relation"]
 
 @register_method("co_tuning")
 class CoTuning(Method):
+    trade_off_field = "trade_off"
+
     def __init__(self, cfg, task):
         super().__init__(cfg, task)
         self.uses_source = self.has_source_data

@@ -88,6 +88,7 @@ def head_prototypes(model) -> tuple[Tensor, Tensor]:
 @register_method("jtln")
 class JTLN(Method):
     takes_regularizers = True
+    trade_off_field = "ot_weight"
 
     def __init__(self, cfg, task):
         super().__init__(cfg, task)

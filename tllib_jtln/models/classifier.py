@@ -44,15 +44,18 @@ class ForwardOutput(NamedTuple):
         - target_logits: ``(B, Kt)``
         - features: ``(B, head_dim)``, the bottleneck output the target head reads (the pooled
           trunk features without a bottleneck), TLlib's ``f`` in ``y, f = classifier(x)``
+        - projection: ``(B, P)``, the projector head's output on ``features`` when a method gave the
+          model one (:attr:`JointClassifier.projector`, Bi-Tuning's), else None
     """
 
     source_logits: torch.Tensor
     target_logits: torch.Tensor
     features: torch.Tensor
+    projection: Optional[torch.Tensor] = None
 
     def rows(self, index: slice) -> "ForwardOutput":
         """The same output for the rows ``index`` of the batch."""
-        return ForwardOutput(*(t[index] for t in self))
+        return ForwardOutput(*(None if t is None else t[index] for t in self))
 
 
 class JointClassifier(nn.Module):
@@ -69,6 +72,13 @@ class JointClassifier(nn.Module):
         source_head_lr: learning-rate multiplier of the source head in :meth:`get_parameters`;
             0 freezes it (``requires_grad=False``; gradients still flow through it to the trunk).
         source_classes: names of the ``Ks`` source classes, if known.
+
+    Attributes:
+        projector: None, or a head over the features the target head reads that a method adds in
+            ``prepare_model`` (Bi-Tuning's ``Linear(head_dim, P)``); ``forward(x, with_features=True)``
+            then runs it in the same call (so DistributedDataParallel sees its parameters used) and
+            returns its output as ``ForwardOutput.projection``. Its parameters are not in
+            :meth:`get_parameters`: the method that adds it gives their group.
     """
 
     def __init__(self, backbone: Backbone, num_source_classes: int, num_target_classes: int,
@@ -99,6 +109,7 @@ class JointClassifier(nn.Module):
         else:
             self.source_head = None
         self.target_head = nn.Linear(head_dim, num_target_classes)
+        self.projector: Optional[nn.Module] = None
         self.num_source_classes = int(num_source_classes)
         self.num_target_classes = int(num_target_classes)
         self.source_classes = source_classes
@@ -136,7 +147,7 @@ class JointClassifier(nn.Module):
         if not with_features:
             return self.forward_head(features)
         b = self.bottleneck(features)
-        return ForwardOutput(*self._heads(features, b), b)
+        return ForwardOutput(*self._heads(features, b), b, None if self.projector is None else self.projector(b))
 
     def get_classifier(self) -> nn.Module:
         """The target head ``nn.Linear(head_dim, Kt)`` (timm's name for a model's classifier)."""
