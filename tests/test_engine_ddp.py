@@ -80,13 +80,13 @@ def test_two_process_run_with_regularisers_reading_features_feature_maps_and_a_f
 WORKER_TEARDOWN = '''
 import os, sys, threading, torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tllib_jtln.cost.features import _extract
+from tllib_jtln.cost.features import collect_features
 from tllib_jtln.engine import distributed as D
 
 D.init(D.env_info(), torch.device("cpu"))
 net = DDP(torch.nn.Linear(3, 2), find_unused_parameters=True)
 net(torch.ones(4, 3)).sum().backward()
-_extract(torch.nn.Identity(), [(torch.zeros(2, 3), torch.zeros(2))], torch.device("cpu"), progress=False)
+collect_features(torch.nn.Identity(), [(torch.zeros(2, 3), torch.zeros(2))], "cpu", progress=False)
 del net
 D.barrier()
 D.cleanup()
