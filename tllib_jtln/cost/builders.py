@@ -28,18 +28,17 @@ from .build import build_from_inputs, register_cost
 from .inputs import CostInputs
 from .embeddings import load_embeddings, lookup_embeddings
 from .index_choice import choose_index
-from .paging import row_chunks
+from .paging import chunk_rows, row_chunks
 from .knn import knn_affinity, knn_search, knn_search_torch, l2_normalize
 
 
-def class_means(features: Tensor, labels: Tensor, num_classes: int, chunk: int = 1 << 14
-                ) -> tuple[Tensor, Tensor]:
+def class_means(features: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
     """``(means (K, D) float64, counts (K,) int64)``; classes without samples have a zero mean.
 
-    Sums are taken in float64 over ``chunk`` rows at a time (a float16 memory map is never copied
-    whole, nor kept resident: :func:`~tllib_jtln.cost.paging.row_chunks`)."""
+    Sums are taken in float64 over half a :func:`~tllib_jtln.cost.paging.chunk_rows` at a time
+    (64 MB; a float16 memory map is never copied whole, nor kept resident)."""
     sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64)
-    for start, rows in row_chunks(features, chunk):
+    for start, rows in row_chunks(features, chunk_rows(features.shape[1]) // 2):
         sums.index_add_(0, labels[start:start + rows.shape[0]], rows.double())
     counts = torch.bincount(labels, minlength=num_classes)
     return sums / counts.clamp_min(1).unsqueeze(1), counts

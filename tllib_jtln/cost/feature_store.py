@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -31,7 +32,6 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from ..fileio import write_json
 from .features import ModelLike, batch_features, eval_mode, model_device, progress_bar
 
 #: Rows per shard: what a killed extraction loses at most (8192 images: seconds to a minute).
@@ -124,9 +124,13 @@ class FeatureStore:
     def _open_for_writing(self, dim: int) -> tuple[np.memmap, np.memmap]:
         (self.folder / "done").mkdir(parents=True, exist_ok=True)
         meta = self._meta()
-        if meta is None:
-            write_json({"version": STORE_VERSION, "rows": self.num_rows, "dim": dim, "shard_rows": self.shard_rows,
-                        "key": self.key}, self.folder / "meta.json")
+        if meta is None:  # ranks may get here together: each writes its own temporary file, then renames it
+            text = json.dumps({"version": STORE_VERSION, "rows": self.num_rows, "dim": dim,
+                               "shard_rows": self.shard_rows, "key": self.key}, indent=2) + "\n"
+            with tempfile.NamedTemporaryFile("w", dir=self.folder, prefix="meta.", suffix=".tmp",
+                                             delete=False) as handle:
+                handle.write(text)
+            os.replace(handle.name, self.folder / "meta.json")
         elif meta.get("dim") != dim:
             raise UserError(f"feature cache: {self.folder} holds {meta.get('dim')}-d features but the model gives "
                             f"{dim}-d; remove it and run again")

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from .index_choice import INDEX_KINDS
-from .paging import row_chunks
+from .paging import chunk_rows, row_chunks
 
 
 @dataclass
@@ -97,14 +97,10 @@ class CostInputs:
 #: Feature dtypes kept as they are (a float16 memory map is read in chunks, never copied whole).
 FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-#: Rows checked at once for NaN and inf.
-CHECK_ROWS = 1 << 16
-
-
 def as_features(x: Optional[Tensor], what: str) -> Optional[Tensor]:
     """``x`` as an ``(N, D)`` CPU float tensor: float16, bfloat16 and float32 kept (no copy of a
     memory-mapped tensor), other floats made float32; NaN or inf (checked in chunks of
-    :data:`CHECK_ROWS` rows) is a UserError."""
+    :func:`~tllib_jtln.cost.paging.chunk_rows` rows) is a UserError."""
     if x is None:
         return None
     if not isinstance(x, Tensor):
@@ -115,7 +111,7 @@ def as_features(x: Optional[Tensor], what: str) -> Optional[Tensor]:
     x = x.detach().to("cpu")
     if x.dtype not in FEATURE_DTYPES:
         x = x.float()
-    if not all(torch.isfinite(chunk).all() for _, chunk in row_chunks(x, CHECK_ROWS)):
+    if not all(torch.isfinite(chunk).all() for _, chunk in row_chunks(x, chunk_rows(x.shape[1]))):
         raise UserError(f"build_cost: {what} has NaN or inf entries (the model diverged or an image is broken)")
     return x
 

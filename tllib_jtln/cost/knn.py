@@ -2,7 +2,7 @@
 
 Search is maximum inner product; with ``cosine=True`` every row is L2-normalised first (chunk by
 chunk), so the scores are cosine similarities. The database is read in row chunks of
-:func:`chunk_rows` rows, so it may be an fp16 tensor memory-mapped from disk
+:func:`~tllib_jtln.cost.paging.chunk_rows` rows, so it may be an fp16 tensor memory-mapped from disk
 (:class:`~tllib_jtln.cost.feature_store.FeatureStore`): it is never copied whole, and the memory
 a search takes is one float32 chunk plus the ``(Nq, k)`` results (plus the IVF-PQ codes, ``m``
 bytes a row). Plans (:mod:`tllib_jtln.cost.index_choice`, ``--cost-index``):
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .index_choice import IndexChoice, choose_index
-from .paging import gather_rows, row_chunks
+from .paging import chunk_rows, gather_rows, row_chunks
 
 _GPU_RESOURCES = None
 
@@ -31,11 +31,6 @@ def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
     """Rows of ``x`` (N, D) scaled to unit Euclidean norm (zero rows stay zero), float32."""
     x = x.float()
     return x / x.norm(dim=1, keepdim=True).clamp_min(eps)
-
-
-def chunk_rows(dim: int) -> int:
-    """Rows per database chunk: about 64 MB of float32 (32768 rows at 512-d), at least 1024."""
-    return max(1024, (1 << 24) // max(1, dim))
 
 
 def iter_chunks(x: Tensor, rows: int, cosine: bool) -> Iterator[tuple[int, np.ndarray]]:

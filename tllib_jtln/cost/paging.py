@@ -23,6 +23,12 @@ MADV_NORMAL, MADV_RANDOM, MADV_PAGEOUT = 0, 1, 21
 _LIBC: Optional[ctypes.CDLL] = None
 
 
+def chunk_rows(dim: int) -> int:
+    """Rows per chunk of a ``(N, dim)`` pass: ``2**24`` elements (64 MB as float32, 32768 rows at 512-d,
+    8192 at 2048-d), at least 1024."""
+    return max(1024, (1 << 24) // max(1, dim))
+
+
 def _libc() -> Optional[ctypes.CDLL]:
     global _LIBC
     if _LIBC is None:
