@@ -34,3 +34,13 @@ def test_no_merge_conflict_markers_in_tracked_text():
     marked = [name for name in files
               if re.search(r"^(<{7} |>{7} |={7}$)", (ROOT / name).read_text(errors="replace"), re.M)]
     assert not marked, f"merge conflict markers in {marked}"
+
+
+def test_readme_is_a_five_minute_read_whose_links_resolve():
+    """At most 300 lines, the verdict before the usage, and every relative link names a file that exists."""
+    lines = README.splitlines()
+    assert len(lines) <= 300
+    assert README.index("## The verdict") < README.index("## Using it")
+    targets = re.findall(r"\]\(((?!https?://)[^)#]+)\)", README)
+    missing = [t for t in targets if not (ROOT / t).exists()]
+    assert targets and not missing, missing
