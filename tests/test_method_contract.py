@@ -457,15 +457,19 @@ def test_co_tuning_relationship_file_is_written_once_and_read_back(tmp_path):
         build_method(cfg, make_task(source=True))
 
 
-def test_a_resumed_bi_tuning_run_ends_as_the_uninterrupted_one(data_root, tmp_path):
-    """The projector and the key encoder come back with the model, the queues with the method's state."""
+def _uninterrupted_and_resumed(data_root, tmp_path, **flags) -> tuple[dict, dict]:
+    """``last.pt`` of a 2-epoch run, and of the same run stopped after epoch 1 and resumed."""
     once, twice = tmp_path / "once", tmp_path / "twice"
-    common = dict(method="bi_tuning", bi_tuning_k=2, epochs=2, lr_decay_epochs=[1])
+    common = dict(epochs=2, lr_decay_epochs=[1], **flags)
     train(resolve_config(tiny_flags(data_root, once, **common)))
     train(resolve_config(tiny_flags(data_root, twice, **common)), stop_after_epoch=1)
     assert train_from_flags({"resume": True, "log": str(twice), "progress": False}) == 0
-    a = torch.load(once / "checkpoints" / "last.pt", weights_only=True)
-    b = torch.load(twice / "checkpoints" / "last.pt", weights_only=True)
+    return tuple(torch.load(run / "checkpoints" / "last.pt", weights_only=True) for run in (once, twice))
+
+
+def test_a_resumed_bi_tuning_run_ends_as_the_uninterrupted_one(data_root, tmp_path):
+    """The projector and the key encoder come back with the model, the queues with the method's state."""
+    a, b = _uninterrupted_and_resumed(data_root, tmp_path, method="bi_tuning", bi_tuning_k=2)
     assert any(k.startswith("key_encoder.") for k in a["model"]) and any(k.startswith("projector.") for k in a["model"])
     assert all(torch.equal(t, b["model"][k]) for k, t in a["model"].items())
     assert set(a["method"]) == {"loss.queue_h.keys", "loss.queue_h.ptr", "loss.queue_z.keys", "loss.queue_z.ptr"}
@@ -475,13 +479,7 @@ def test_a_resumed_bi_tuning_run_ends_as_the_uninterrupted_one(data_root, tmp_pa
 def test_a_resumed_run_keeps_the_starting_point_and_the_attention(data_root, tmp_path):
     """On resume the starting weights come from the fresh model (before the checkpoint is loaded) and
     DELTA's attention from the checkpoint: the resumed run ends with the weights of the uninterrupted one."""
-    once, twice = tmp_path / "once", tmp_path / "twice"
-    common = dict(method="delta", delta_attention_iters=1, epochs=2, lr_decay_epochs=[1])
-    train(resolve_config(tiny_flags(data_root, once, **common)))
-    train(resolve_config(tiny_flags(data_root, twice, **common)), stop_after_epoch=1)
-    assert train_from_flags({"resume": True, "log": str(twice), "progress": False}) == 0
-    a = torch.load(once / "checkpoints" / "last.pt", weights_only=True)
-    b = torch.load(twice / "checkpoints" / "last.pt", weights_only=True)
+    a, b = _uninterrupted_and_resumed(data_root, tmp_path, method="delta", delta_attention_iters=1)
     assert all(torch.equal(t, b["model"][k]) for k, t in a["model"].items())
     assert a["method"].keys() == b["method"].keys()
     assert all(torch.equal(t, b["method"][k]) for k, t in a["method"].items())
