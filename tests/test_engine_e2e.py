@@ -16,17 +16,10 @@ from tllib_jtln.engine.run import resolve_config
 from tllib_jtln.errors import UserError
 from tllib_jtln.methods import METHODS
 
-from tiny_images import make_tiny_task, tiny_argv, tiny_flags
+from tiny_images import tiny_argv, tiny_flags
 
 FILES = ("config.yaml", "env.json", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt",
          "cost.npy", "cost.json", "cost.png", "transport.png", "transport.txt", "curves.png", "summary.json")
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    make_tiny_task(root)
-    return root
 
 
 def _summary(log: Path) -> dict:

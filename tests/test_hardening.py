@@ -15,7 +15,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from tllib_jtln.cli import main
@@ -23,7 +22,7 @@ from tllib_jtln.engine.checkpoint import load_checkpoint
 from tllib_jtln.engine.run import resolve_config, train_from_flags
 from tllib_jtln.engine.trainer import train
 
-from tiny_images import make_tiny_task, tiny_argv, tiny_flags
+from tiny_images import tiny_argv, tiny_flags
 
 
 class _Marker:
@@ -34,13 +33,6 @@ class _Marker:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.path}",))
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    make_tiny_task(root)
-    return root
 
 
 def test_malicious_pretrained_file_never_runs_and_is_named(data_root, tmp_path, capsys):

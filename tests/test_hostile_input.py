@@ -36,13 +36,6 @@ from tiny_images import make_tiny_task, tiny_argv, tiny_flags
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    make_tiny_task(root)
-    return root
-
-
 def one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0], err

@@ -24,16 +24,9 @@ from tllib_jtln.engine.run import resolve_config
 from tllib_jtln.engine.trainer import train
 from tllib_jtln.errors import UserError
 
-from tiny_images import make_tiny_task, tiny_argv, tiny_flags
+from tiny_images import tiny_argv, tiny_flags
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    make_tiny_task(root)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from tllib_jtln.models.feature_maps import FeatureMapRecorder
 from tllib_jtln.normalization import stochnorm_layers
 from tllib_jtln.regularization import BatchSpectralShrinkage
 
-from tiny_images import make_tiny_task, tiny_flags
+from tiny_images import tiny_flags
 
 KS, KT, SIZE = 5, 3, 16
 #: settings that keep DELTA's channel attention to one small batch
@@ -375,13 +375,6 @@ def test_trade_off_is_bss_weight_and_knobs_of_the_runs_regularisers_are_accepted
 
 
 # ----------------------------------------------------------------------------- runs
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    make_tiny_task(root)
-    return root
-
-
 def embedded_flags(log, method: str, arch: str, **extra) -> dict:
     """A seconds-long run on the embedded Fashion-MNIST task: 1 epoch of 2 steps of 4 images, no test pass;
     ``arch`` is the offline pretrained tf_efficientnet_lite0 or a from-scratch timm ResNet at 32 px."""
