@@ -139,6 +139,32 @@ def test_the_stale_move_spares_held_folders_existing_entries_and_symlinks(tmp_pa
     assert (elsewhere / "seed3" / "summary.json").is_file() and (out / runs[3].name).is_symlink()
 
 
+@pytest.mark.parametrize("name", ["stdout.txt", "suite_recipe.yaml"])
+def test_a_symlink_planted_in_a_run_folder_is_refused_not_written_through(tmp_path, monkeypatch, name):
+    _finished_train(monkeypatch)
+    run = expand_runs(load_suite(_suite_file(tmp_path)))[0]
+    out, outside = tmp_path / "out", tmp_path / "precious.yaml"
+    outside.write_text(yaml.safe_dump({**run.settings, "seed": run.seed}, sort_keys=True))  # the recipe it wants
+    before = outside.read_bytes()
+    (out / run.name).mkdir(parents=True)
+    (out / run.name / name).symlink_to(outside)
+    status, _ = run_one(run, out)
+    assert status.startswith("failed") and name in status and "a symlink" in status, status
+    assert outside.read_bytes() == before and (out / run.name / name).is_symlink()
+    assert not (out / run.name / "summary.json").exists()  # the run never started
+
+
+def test_a_symlink_planted_where_the_report_goes_is_refused_not_written_through(tmp_path, monkeypatch):
+    _finished_train(monkeypatch)
+    out, outside = tmp_path / "out", tmp_path / "precious.md"
+    outside.write_text("mine\n")
+    out.mkdir()
+    (out / "results_demo.md").symlink_to(outside)
+    with pytest.raises(UserError, match=r"results_demo\.md: a symlink"):
+        run_suite(str(_suite_file(tmp_path)))
+    assert outside.read_text() == "mine\n"
+
+
 def test_a_stale_area_claims_a_new_folder_per_bench(tmp_path):
     first, second = StaleArea(tmp_path / "out"), StaleArea(tmp_path / "out")
     assert first._claim() != second._claim() and first._claim() == first.folder

@@ -13,7 +13,7 @@ to any file the user (or root) can write. So:
 - :func:`append_text` appends through ``O_APPEND | O_NOFOLLOW`` and checks the opened file is a
   regular one (``O_NONBLOCK`` so a FIFO cannot make the open wait for a reader).
 - :func:`open_regular` opens (creating if missing) a regular file read-write the same way (the
-  lock file of a log folder).
+  lock file of a log folder); :func:`open_append` opens one for appending (a child's stdout).
 
 Each refusal is a :class:`~tllib_jtln.errors.UserError` naming the path and what is there. Files
 get the usual permissions (``0o666`` minus the umask). :func:`load_tensors` reads tensors back
@@ -80,10 +80,15 @@ def open_regular(path: str | Path) -> int:
     return _open_no_follow(path, os.O_RDWR | os.O_CREAT)
 
 
+def open_append(path: str | Path) -> int:
+    """A write-only, appending descriptor of the regular file ``path`` (created if missing), never
+    through a link: for a stream another process writes (a child's stdout); the caller closes it."""
+    return _open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+
+
 def append_text(path: str | Path, text: str) -> None:
     """Append ``text`` (UTF-8) to the regular file ``path`` (created if missing) and fsync it."""
-    fd = _open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    with open(fd, "ab", closefd=True) as handle:
+    with open(open_append(path), "ab", closefd=True) as handle:
         handle.write(text.encode())
         handle.flush()
         os.fsync(handle.fileno())

@@ -9,6 +9,7 @@ killed; then the KeyboardInterrupt goes on to the caller.
 """
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import tempfile
@@ -16,6 +17,8 @@ import time
 from collections import deque
 from pathlib import Path
 from typing import Callable, Iterable, Union
+
+from ..fileio import open_append
 
 #: seconds between looks at the running children
 POLL_S = 0.1
@@ -26,14 +29,18 @@ STOP_GRACE_S = 20.0
 
 
 class Child:
-    """A child process named ``name``: stdout appended to ``stdout_path``, stderr kept aside for
-    the last line (the error) of a failed child."""
+    """A child process named ``name``: stdout appended to ``stdout_path`` (a regular file, never a
+    link: else a :class:`~tllib_jtln.errors.UserError`), stderr kept aside for the last line (the
+    error) of a failed child."""
 
     def __init__(self, name: str, cmd: list[str], stdout_path: Path, env: dict):
         self.name, self.started = name, time.time()
-        self.stderr = tempfile.TemporaryFile()
-        with open(stdout_path, "a") as stdout:
+        stdout = open_append(stdout_path)  # a symlink or FIFO planted there is refused, never written through
+        try:
+            self.stderr = tempfile.TemporaryFile()
             self.proc = subprocess.Popen(cmd, stdout=stdout, stderr=self.stderr, env=env)
+        finally:
+            os.close(stdout)
 
     def status(self) -> tuple[str, float]:
         """('done' | 'failed (exit N): <its last stderr line>', seconds); the process has ended."""

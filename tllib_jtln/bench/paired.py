@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..fileio import save_figure
+
 #: the confidence level of the intervals
 CONFIDENCE = 0.95
 
@@ -91,7 +93,6 @@ def plot_paired(panels: dict[str, list[tuple[str, PairedStats]]], path: Path, ti
     axes[0][0].set_yticklabels(list(reversed(labels)), fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, metadata={"Panels": "; ".join(panels)})  # what the picture holds, readable
+    save_figure(fig, path, dpi=110, metadata={"Panels": "; ".join(panels)})  # what the picture holds, readable
     plt.close(fig)
     return path

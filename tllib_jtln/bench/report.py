@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .paired import PairedStats, paired_stats, plot_paired
 from ..errors import UserError, one_line
+from ..fileio import save_figure, write_text
 from .runfolder import read_summary
 
 METRICS = (("test_top1", "test top-1"), ("test_mean_class_acc", "test mean-class acc"),
@@ -202,8 +203,7 @@ def plot_accuracy_vs_k(suite: dict, records: list[dict], path: Path, metric: str
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: rows can be many
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -278,7 +278,7 @@ def write_report(suite: dict, records: list[dict], out_dir: Path, suite_file: st
 
     A suite whose runs all skipped the test pass (``--skip-test``) is reported on validation alone."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"results_{suite['name']}.json").write_text(json.dumps({"suite": suite, "runs": records}, indent=1))
+    write_text(json.dumps({"suite": suite, "runs": records}, indent=1), out_dir / f"results_{suite['name']}.json")
     finished = sum(r["finished"] for r in records)
     metrics = report_metrics(records)
     headline = "target test accuracy" if "test_top1" in metrics else "target VALIDATION accuracy (--skip-test runs)"
@@ -307,5 +307,5 @@ def write_report(suite: dict, records: list[dict], out_dir: Path, suite_file: st
     if picture is not None:
         parts += [f"\n![{METRIC_NAMES[main]} against K]({picture.name})"]
     md_path = out_dir / f"results_{suite['name']}.md"
-    md_path.write_text("\n".join(parts) + "\n")
+    write_text("\n".join(parts) + "\n", md_path)
     return md_path

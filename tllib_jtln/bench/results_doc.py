@@ -9,10 +9,9 @@ pictures a report links (``paired_NAME.png``, ``accuracy_vs_k_NAME.png``) are co
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
-from ..fileio import write_text
+from ..fileio import atomic_write, write_text
 
 _PICTURE = re.compile(r"\]\(([^)/]+\.png)\)")
 
@@ -37,8 +36,8 @@ def update_results_doc(page: Path, name: str, report: Path) -> Path:
     for picture in _PICTURE.findall(body):
         source = report.parent / picture
         if source.is_file():
-            pictures.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, pictures / picture)
+            data = source.read_bytes()
+            atomic_write(pictures / picture, lambda handle: handle.write(data))
     body = _PICTURE.sub(lambda m: f"](results/{m.group(1)})", body).strip()
     start, end = _markers(name)
     section = f"{start}\n{body}\n{end}"
