@@ -44,6 +44,30 @@ def test_two_process_gloo_run(torchrun_run):
     assert cost.shape == (4, 3) and np.isfinite(cost).all()
 
 
+#: what torch prints on every rank when DDP searched the first step for parameters without a gradient in vain
+IDLE_SEARCH_WARNING = "find_unused_parameters=True was specified"
+
+
+def test_ddp_does_not_search_for_idle_parameters_of_a_method_that_has_none(torchrun_run):
+    _, _, out = torchrun_run
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert IDLE_SEARCH_WARNING not in out.stderr
+
+
+def test_two_process_consecutive_run_trains_both_stages_with_a_head_idle_in_each(tmp_path):
+    """Stage 1 leaves the target head without a gradient, stage 2 the source head: DDP must expect that
+    (``Stage.idle_parameters``), else it stops at the second step. (torch still warns here: its first-step
+    check counts only parameters outside the forward pass, and the idle head's logits are computed.)"""
+    log = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "tllib_jtln", "train", "--nproc-per-node", "2",
+           *tiny_argv(tmp_path / "data", log, method="consecutive", epochs=1, lr_decay_epochs=[1])]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=ENV)
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = [json.loads(line) for line in (log / "metrics.jsonl").read_text().splitlines()]
+    assert [sorted(k for k in r if k.startswith("train_ce")) for r in records] == [["train_ce_source"],
+                                                                                   ["train_ce_target"]]
+
+
 def test_nproc_per_node_flag_matches_torchrun(torchrun_run):
     """The single-process command plus `--nproc-per-node 2` gives what torchrun gives."""
     tmp_path, via_torchrun, first = torchrun_run

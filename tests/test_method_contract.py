@@ -450,6 +450,42 @@ def test_co_tuning_relationship_file_is_written_once_and_read_back(tmp_path):
         build_method(cfg, make_task(source=True))
 
 
+#: a tiny run of every method, and of the variants whose stages differ (lwf: source-free, pretrained head)
+IDLE_RUNS = {**{name: {"method": name, **SMALL_KNOBS.get(name, {})} for name in METHODS.names()},
+             "lwf": {"method": "lwf", "arch": "tf_efficientnet_lite0", "pretrained": True, "source_data": None,
+                     "source_root": None},
+             "jtln --source-stage": {"method": "jtln", "source_stage": True, "ot_on": "target"},
+             "jtln --ot-weight 0": {"method": "jtln", "ot_weight": 0.0}}
+
+
+@pytest.mark.parametrize("run", IDLE_RUNS)
+def test_a_stage_leaves_parameters_without_gradient_exactly_when_it_says_so(run, data_root, tmp_path, monkeypatch):
+    """``Stage.idle_parameters`` decides whether DDP searches each step for parameters without a gradient
+    (a wrong False stops a DDP run at its second step): in such a stage every step leaves the same trainable
+    parameters without one; in any other, every trainable parameter gets one at every step."""
+    from tllib_jtln.engine import epoch as epoch_module, trainer as trainer_module
+
+    built, idle = [], []
+    real_assemble, real_descend = trainer_module.assemble, epoch_module.descend
+
+    def assemble(*args, **kwargs):
+        built.append(real_assemble(*args, **kwargs))
+        return built[-1]
+
+    def descend(loss, optimizer, scaler=None):
+        real_descend(loss, optimizer, scaler)
+        idle.append({n for n, p in built[-1].model.named_parameters() if p.requires_grad and p.grad is None})
+
+    monkeypatch.setattr(trainer_module, "assemble", assemble)
+    monkeypatch.setattr(epoch_module, "descend", descend)
+    train(resolve_config(tiny_flags(data_root, tmp_path / "run", epochs=1, iters_per_epoch=2, lr_decay_epochs=[1],
+                                    **IDLE_RUNS[run])))
+    stages = built[-1].method.stages()
+    assert len(idle) == 2 * len(stages)
+    for stage, first, second in zip(stages, idle[::2], idle[1::2]):
+        assert first == second and bool(first) == stage.idle_parameters, (stage, first, second)
+
+
 def _uninterrupted_and_resumed(data_root, tmp_path, **flags) -> tuple[dict, dict]:
     """``last.pt`` of a 2-epoch run, and of the same run stopped after epoch 1 and resumed."""
     once, twice = tmp_path / "once", tmp_path / "twice"

@@ -93,7 +93,7 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device, stop_after_epoch
         reporter.resumed(log_dir, state.epoch)
     else:
         _setup(parts, ctx, reporter)
-    net = _wrap_ddp(parts)
+    net = _wrap_ddp(parts, stages[state.epoch // cfg.epochs:])
     reporter.training_starts(parts.task, stages, device, info)
     stopped = _run_epochs(parts, net, ctx, stages, state, reporter, ckpt, stop_after_epoch)
     return stopped if stopped is not None else finish(parts, state, reporter)
@@ -138,14 +138,21 @@ def _setup(parts: Parts, ctx, reporter: Reporter) -> None:
     seed_everything(parts.cfg.seed + 1)
 
 
-def _wrap_ddp(parts: Parts) -> nn.Module:
-    """The model the steps call: the model itself, or its DistributedDataParallel wrapper under torchrun."""
+def _wrap_ddp(parts: Parts, stages: list) -> nn.Module:
+    """The model the steps call: the model itself, or its DistributedDataParallel wrapper under torchrun.
+
+    DDP searches each step's graph for parameters without a gradient (``find_unused_parameters``)
+    only when one of the ``stages`` still to run leaves some idle (``Stage.idle_parameters``):
+    elsewhere the search is wasted work, and torch warns about it on every rank. (It warns in an
+    idle stage too, where the search is needed: it counts only parameters outside the forward pass,
+    and the idle head's logits are computed there.)"""
     if not parts.info.enabled:
         return parts.model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     device = parts.device
-    return DDP(parts.model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    return DDP(parts.model, device_ids=[device.index] if device.type == "cuda" else None,
+               find_unused_parameters=any(stage.idle_parameters for stage in stages))
 
 
 def _run_epochs(parts: Parts, net: nn.Module, ctx, stages: list, state: TrainState, reporter: Reporter,

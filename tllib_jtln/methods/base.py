@@ -63,12 +63,19 @@ class Stage:
     optimizer, momentum buffers and MultiStepLR), so a two-stage method (``consecutive``) sees
     as many source images as ``joint`` in its first stage and as many target images as ``erm``
     in its second. Only stages that train the target head (``selects``) are validated.
+
+    ``idle_parameters``: some trainable parameters get no gradient in this stage's steps (a head
+    whose logits its loss never reads, as the target head in :data:`SOURCE_STAGE`). Under
+    DistributedDataParallel only such a stage has it search each step's graph for them
+    (``find_unused_parameters``); a stage that leaves one idle without saying so stops a DDP run
+    at its second step. The set of parameters with a gradient must be the same at every step.
     """
 
     name: str
     uses_source: bool
     uses_target: bool
     selects: bool = True
+    idle_parameters: bool = False
 
 
 @dataclass
@@ -288,8 +295,8 @@ def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 #: The first stage of the two-stage methods (``consecutive``, ``co_tuning``, ``jtln --source-stage``):
-#: the source set alone, not validated.
-SOURCE_STAGE = Stage("source", uses_source=True, uses_target=False, selects=False)
+#: the source set alone, not validated; the target head is idle.
+SOURCE_STAGE = Stage("source", uses_source=True, uses_target=False, selects=False, idle_parameters=True)
 
 
 def source_stage_losses(model: Callable[[Tensor], tuple[Tensor, Tensor]], batch: Any) -> dict[str, Tensor]:

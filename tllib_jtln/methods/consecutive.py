@@ -9,6 +9,7 @@ Two stages, each with its own optimizer and the full schedule (``--epochs`` x
 
 Stage 1 sees as many source images as ``joint`` and stage 2 as many target images as ``erm``;
 each step forwards only the stage's images. Only stage 2 is validated and selects the checkpoint.
+Each stage leaves the other stage's head without a gradient (``Stage.idle_parameters``).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ class Consecutive(Method):
         self.stage = 0
 
     def stages(self) -> list[Stage]:
-        return [SOURCE_STAGE, Stage("target", uses_source=False, uses_target=True)]
+        return [SOURCE_STAGE, Stage("target", uses_source=False, uses_target=True, idle_parameters=True)]  # source head
 
     def on_stage_start(self, index: int, ctx) -> None:
         self.stage = index
