@@ -162,3 +162,44 @@ def test_two_process_bi_tuning_run_projects_inside_the_one_forward(tmp_path):
     record = json.loads((log / "metrics.jsonl").read_text().splitlines()[0])
     assert all(np.isfinite(record[k]) for k in ("train_ce_target", "train_bi_tuning_z", "train_bi_tuning_y"))
     assert json.loads((log / "summary.json").read_text())["world_size"] == 2
+
+
+# `train` with 4-row feature-store shards: the tiny task's 24 source and 9 target images make 6 and 3 shards
+SMALL_SHARDS = '''
+import sys
+from tllib_jtln.cli import main
+from tllib_jtln.cost import feature_store
+
+feature_store.SHARD_ROWS = 4
+sys.exit(main(["train", *[a for a in sys.argv[1:] if a != "--"]]))
+'''
+
+
+def test_two_ranks_extract_their_own_shards_of_the_feature_stores(tmp_path):
+    """``--feature-cache`` under DDP: rank r forwards the shards i = r (mod 2) of every store rank 0 reads
+    (setup's, and the new stores of a --cost-refresh with new weights), and rank 0's cost matrix is the one
+    a single process builds."""
+    script = tmp_path / "small_shards.py"
+    script.write_text(SMALL_SHARDS)
+
+    def argv(log, cache):
+        return tiny_argv(tmp_path / "data", tmp_path / log, method="jtln", feature_cache=str(tmp_path / cache),
+                         epochs=2, iters_per_epoch=1, cost_refresh=1)
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    ddp = subprocess.run([*torchrun, str(script), "--", *argv("ddp", "fc_ddp")], capture_output=True, text=True,
+                         timeout=120, env=ENV)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    # four stores (source and target, at setup and at the refresh), each complete
+    stores = sorted((tmp_path / "fc_ddp").glob("features-*"))
+    assert len(stores) == 4
+    assert sorted(len(list((s / "done").iterdir())) for s in stores) == [3, 3, 6, 6]
+    for rank, source, target in ((0, "0, 2, 4", "0, 2"), (1, "1, 3, 5", "1")):
+        assert ddp.stdout.count(f"features: rank {rank} of 2 forwarded source shards {source} ") == 2, ddp.stdout
+        assert ddp.stdout.count(f"features: rank {rank} of 2 forwarded target shards {target} ") == 2, ddp.stdout
+    single = subprocess.run([sys.executable, str(script), *argv("single", "fc_single")], capture_output=True,
+                            text=True, timeout=120, env=ENV)
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert "forwarded" not in single.stdout  # one process forwards every shard: no per-rank lines
+    # the matrix built at setup, from the same initial weights: the same on one process and on two
+    np.testing.assert_array_equal(np.load(tmp_path / "ddp" / "cost.npy"), np.load(tmp_path / "single" / "cost.npy"))

@@ -12,7 +12,8 @@ see :func:`tllib_jtln.cost.content_key.dataset_fingerprint`), ``N`` and ``S``. S
 rows ``[i S, (i + 1) S)``; its marker is created only after its rows are flushed to disk, so a
 killed extraction resumes at the first unfinished shard and a finished one is never redone.
 Under DDP each rank extracts its share, shards ``i = rank (mod world_size)``
-(:meth:`FeatureStore.missing`); any process then reads the whole store.
+(:meth:`FeatureStore.missing`), and after a barrier any process reads the whole store (the
+engine's side: :mod:`tllib_jtln.engine.feature_cache`).
 
 Reading (:meth:`FeatureStore.read`) maps the file copy-on-write: a 1.28M x 512 store is 1.3 GB
 on disk and nothing is read until a row is used (``build_cost`` reads it in chunks). Files are
@@ -55,14 +56,14 @@ class FeatureStore:
         cache_dir: the cache folder (created when the first shard is written).
         key: JSON-serialisable description of what the features depend on.
         num_rows: the dataset's length ``N``.
-        shard_rows: rows per shard ``S``.
+        shard_rows: rows per shard ``S`` (default: :data:`SHARD_ROWS`, read when the store is made).
     """
 
-    def __init__(self, cache_dir: str | Path, key: Any, num_rows: int, shard_rows: int = SHARD_ROWS):
+    def __init__(self, cache_dir: str | Path, key: Any, num_rows: int, shard_rows: Optional[int] = None):
         if num_rows < 1:
             raise ValueError(f"FeatureStore: num_rows must be >= 1, got {num_rows}")
         self.key = json.loads(json.dumps(key, sort_keys=True, default=repr))
-        self.num_rows, self.shard_rows = int(num_rows), int(shard_rows)
+        self.num_rows, self.shard_rows = int(num_rows), int(SHARD_ROWS if shard_rows is None else shard_rows)
         name = hashlib.blake2b(json.dumps([self.key, self.num_rows, self.shard_rows, STORE_VERSION],
                                           sort_keys=True).encode(), digest_size=12).hexdigest()
         self.folder = Path(cache_dir).expanduser() / f"features-{name}"

@@ -24,7 +24,7 @@ from ..methods import METHODS, SetupContext, build_method
 from ..models import build_model, create_backbone
 from . import distributed as D
 from .evaluate import eval_batch_size
-from .feature_cache import cached_features
+from .feature_cache import cached_features, serve_feature_requests
 from .reporter import bars_wanted
 from .seeding import seed_everything
 
@@ -110,7 +110,8 @@ def make_feature_fn(parts: Parts, state: dict):
     (``state["epoch"]``) and, with ``--feature-cache DIR``, stored on disk in fp16 by
     :func:`~tllib_jtln.engine.feature_cache.cached_features` under a key naming the images'
     content and a hash of the trunk's weights (so runs that start from the same weights on the
-    same images share the store, and a second run forwards no image).
+    same images share the store, and a second run forwards no image). Under DDP every rank
+    forwards its share of the store's shards (:func:`serve_feature_shares`).
 
     A pass leaves torch's global RNG (CPU and the run's CUDA device) as it found it: the evaluation
     loader draws its base seed from it, and a refresh (or a cache hit instead of a pass) must not
@@ -129,8 +130,8 @@ def make_feature_fn(parts: Parts, state: dict):
         epoch = int(state.get("epoch", 0))
         key = (split, epoch)
         if key not in memo:
-            loader_for = lambda data: eval_loader_of(parts, data, shard=False)  # noqa: E731
-            with torch.random.fork_rng(devices=[parts.device] if parts.device.type == "cuda" else []):
+            loader_for = whole_loader(parts)
+            with rng_untouched(parts):
                 cached = None
                 if cfg.feature_cache:
                     cached = cached_features(parts, split, dataset, Path(cfg.feature_cache).expanduser(), loader_for,
@@ -143,6 +144,24 @@ def make_feature_fn(parts: Parts, state: dict):
         return memo[key]
 
     return features
+
+
+def whole_loader(parts: Parts):
+    """``dataset -> loader`` over the whole of ``dataset`` on every rank (a feature pass: no DDP sharding)."""
+    return lambda data: eval_loader_of(parts, data, shard=False)
+
+
+def rng_untouched(parts: Parts):
+    """A context in which a feature pass leaves torch's global RNG (CPU and the run's CUDA device) as it was."""
+    return torch.random.fork_rng(devices=[parts.device] if parts.device.type == "cuda" else [])
+
+
+def serve_feature_shares(parts: Parts) -> None:
+    """Every rank, right after each method hook (:func:`~tllib_jtln.engine.state.share_method_state`):
+    under DDP with ``--feature-cache``, the ranks other than 0 forward their shards of the stores
+    rank 0 read in the hook (:func:`~tllib_jtln.engine.feature_cache.serve_feature_requests`)."""
+    with rng_untouched(parts):
+        serve_feature_requests(parts, whole_loader(parts))
 
 
 def make_context(parts: Parts, state: dict):

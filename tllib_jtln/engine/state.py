@@ -24,7 +24,7 @@ import torch
 from ..config import Config
 from ..data import JointLoader
 from . import distributed as D
-from .assembly import Parts
+from .assembly import Parts, serve_feature_shares
 from .checkpoint import FORMAT, check_last, load_checkpoint, restore, save_checkpoint
 from .logdir import best_checkpoint, last_checkpoint
 from .seeding import rng_state, set_rng_state
@@ -158,9 +158,14 @@ def resume_progress(parts: Parts, state: TrainState, num_stages: int) -> dict:
 
 
 def share_method_state(parts: Parts) -> None:
-    """Under DDP, every rank takes rank 0's method state (cost matrix, relation): built once, broadcast."""
+    """Under DDP, every rank takes rank 0's method state (cost matrix, relation): built once, broadcast.
+
+    Called by every rank right after each method hook: until rank 0 has built the state, the other
+    ranks forward their shares of the feature stores it reads
+    (:func:`~tllib_jtln.engine.assembly.serve_feature_shares`)."""
     if not parts.info.enabled:
         return
+    serve_feature_shares(parts)
     shared = D.broadcast_object(parts.method.state_dict() if parts.info.is_main else None)
     if not parts.info.is_main:
         parts.method.load_state_dict(D.to_device(shared, parts.device))
