@@ -11,7 +11,8 @@ features file is written before and not timed. Cases:
 
 - ``knn``: ``--cost-index auto`` (the run's default; ``index`` says what it chose);
 - ``knn-exact``: ``flat`` forced (not rerun where ``auto`` already searched exactly);
-- ``knn-ivfpq``: IVF-PQ forced; ``knn-sampled``: ``source_per_class=100`` (exact search);
+- ``knn-ivfsq``: the IVF index with 8-bit scalar codes forced (what ``auto`` takes for many target
+  images); ``knn-ivfpq``: IVF-PQ forced; ``knn-sampled``: ``source_per_class=100`` (exact search);
 - ``centroid``; ``centroid-sampled``: ``source_per_class=100``.
 
 ``extra_info`` holds, per case, ``s`` (build time), ``rss_mb`` and, against the exact cost
@@ -47,6 +48,7 @@ REAL = {"ks": 1000, "kt": 200, "families": 50, "per_target": 10}
 CASES = {  # name: (cost, options)
     "knn": ("knn", {}),
     "knn-exact": ("knn", {"index": "flat"}),
+    "knn-ivfsq": ("knn", {"index": "ivfsq"}),
     "knn-ivfpq": ("knn", {"index": "ivfpq"}),
     "knn-sampled": ("knn", {"source_per_class": 100}),
     "centroid": ("centroid", {}),
@@ -168,6 +170,7 @@ def test_cost_scale(benchmark, tmp_path):
         results = table["64-d 6000"]
         assert results["knn"]["index"] == "exact" and results["knn-ivfpq"]["index"] == "IVF-PQ"
         assert results["knn-ivfpq"]["same_nearest_source"] >= 0.9
+        assert results["knn-ivfsq"]["index"] == "IVF-SQ" and results["knn-ivfsq"]["same_nearest_source"] >= 0.9
         assert results["centroid-sampled"]["spearman"] >= 0.99
 
 

@@ -48,10 +48,11 @@ def test_torch_reference_equals_numpy_and_k_is_clipped():
     assert ids_big.shape == (9, 40)
 
 
-def test_ivfpq_neighbours_carry_the_exact_labels_and_exact_scores():
+@pytest.mark.parametrize("index", ["ivfsq", "ivfpq"])
+def test_ivf_neighbours_carry_the_exact_labels_and_exact_scores(index):
     sf, sl, tf, _, _ = clustered(per_source=60, dim=16)
     _, exact = knn_search(sf, tf, 5, index="flat", cosine=True)
-    scores, approx = knn_search(sf.half(), tf, 5, index="ivfpq", nprobe=1000, cosine=True)  # every list visited
+    scores, approx = knn_search(sf.half(), tf, 5, index=index, nprobe=1000, cosine=True)  # every list visited
     assert (approx >= 0).all()
     assert (sl[approx] == sl[exact]).float().mean() >= 0.95  # what the knn cost reads: the neighbours' classes
     # candidates are re-scored exactly: the scores are the cosines of the returned rows, not PQ estimates
@@ -86,7 +87,7 @@ def test_affinity_is_the_similarity_weighted_share():
     assert a[:, 1].tolist() == pytest.approx([0.0, 1.0, 0.0])  # the -1 id is ignored
 
 
-@pytest.mark.parametrize("index", ["auto", "flat", "ivfpq", "torch"])
+@pytest.mark.parametrize("index", ["auto", "flat", "ivfsq", "ivfpq", "torch"])
 def test_knn_recovers_the_pairing(index):
     sf, sl, tf, tl, pi = clustered()
     cost = build_cost("knn", sf, sl, tf, tl, k=5, index=index)

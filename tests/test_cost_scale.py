@@ -13,16 +13,23 @@ from tllib_jtln.errors import UserError
 def test_index_choice_by_size():
     small = choose_index(100_000, 2_000, 512)
     assert small.kind == "flat" and "budget" in small.describe()
-    few_queries = choose_index(1_281_167, 2_000, 2048)  # over the budget, but IVF-PQ's set-up costs as much
+    few_queries = choose_index(1_281_167, 2_000, 2048)  # over the budget, but the index's set-up costs as much
     assert few_queries.kind == "flat" and "too few target rows" in few_queries.reason
-    big = choose_index(1_281_167, 20_000, 512, k=10)
-    assert big.kind == "ivfpq" and big.nlist == 1132 and big.m == 64 and big.nbits == 8
-    assert big.refine == 400 and big.train_rows == 64 * 1132 and "IVF-PQ" in big.describe()
+    big = choose_index(1_281_167, 20_000, 512, k=10)  # 8-bit scalar codes: 656 MB, within the code budget
+    assert big.kind == "ivfsq" and big.nlist == 1132 and big.m == 0 and big.nbits == 8
+    assert big.refine == 100 and big.train_rows == 64 * 1132 and "IVF-SQ" in big.describe()
+    assert "512 bytes a row" in big.describe()
+    wide = choose_index(1_281_167, 40_000, 2048, k=10)  # 8-bit codes 2.6 GB, 4-bit 1.3 GB: both over 1 GiB
+    assert wide.kind == "ivfpq" and wide.m == 128 and wide.refine == 400 and "IVF-PQ" in wide.describe()
+    mid = choose_index(800_000, 40_000, 2048, k=10)  # 8-bit codes 1.6 GB, 4-bit 0.8 GB
+    assert mid.kind == "ivfsq" and mid.nbits == 4 and mid.refine == 200
     assert choose_index(1_281_167, 20_000, 512, requested="flat").kind == "flat"
-    assert choose_index(50, 5, 8, requested="ivfpq", nprobe=3).nprobe == 1  # one list: nprobe clipped
+    forced = choose_index(1_281_167, 2_000, 512, requested="ivfpq")
+    assert forced.kind == "ivfpq" and forced.m == 64 and forced.nbits == 8 and forced.refine == 400
+    assert choose_index(50, 5, 8, requested="ivfsq", nprobe=3).nprobe == 1  # one list: nprobe clipped
     assert choose_index(10, 10, 8, budget=10 * 10 * 8).kind == "flat"
-    assert choose_index(10**6, 10**5, 64, budget=EXACT_BUDGET).kind == "ivfpq"
-    with pytest.raises(ValueError, match="auto, flat, ivfpq"):
+    assert choose_index(10**6, 10**5, 64, budget=EXACT_BUDGET).kind == "ivfsq"
+    with pytest.raises(ValueError, match="auto, flat, ivfsq, ivfpq"):
         choose_index(10, 10, 8, requested="hnsw")
 
 
@@ -75,8 +82,12 @@ def test_fp16_features_give_the_cost_of_their_float32_values():
     half = sf.half()
     for name in ("knn", "centroid"):
         torch.testing.assert_close(build_cost(name, half, sl, tf, tl), build_cost(name, half.float(), sl, tf, tl))
+    exact = build_cost("knn", half, sl, tf, tl, k=10)
     ivfpq = build_cost("knn", half, sl, tf, tl, k=10, index="ivfpq")
-    assert cost_agreement(ivfpq, build_cost("knn", half, sl, tf, tl, k=10))["same_nearest_source"] == 1.0
+    assert cost_agreement(ivfpq, exact)["same_nearest_source"] == 1.0
+    # 8-bit scalar codes rank the candidates almost as exact search does: the whole matrix agrees
+    ivfsq = build_cost("knn", half, sl, tf, tl, k=10, index="ivfsq")
+    assert cost_agreement(ivfsq, exact)["spearman"] >= 0.99
 
 
 def test_agreement_of_a_matrix_with_itself_and_with_its_reverse():

@@ -177,8 +177,9 @@ class Config:
     cost_base: str = _opt("knn", "shuffled: the matrix whose source rows are permuted")
     cost_k: int = _opt(10, "knn: neighbours per target image")
     cost_index: str = _opt("auto", "knn: FAISS search; auto: exact (flat) unless the source is too large for it, "
-                                   "then IVF-PQ (the choice is logged)", choices=("auto", "flat", "ivfpq"))
-    cost_nprobe: Optional[int] = _opt(None, "knn with IVF-PQ: lists visited per query (default nlist/8, at least 8)")
+                                   "then an IVF index with 8-bit scalar codes, ivfsq (the choice is logged); ivfpq: product codes, "
+                                   "8x smaller, coarser", choices=("auto", "flat", "ivfsq", "ivfpq"))
+    cost_nprobe: Optional[int] = _opt(None, "knn with an IVF index: lists visited per query (default nlist/8, at least 8)")
     cost_source_per_class: Optional[int] = _opt(None, "knn/centroid: build the cost from a seeded draw of N source "
                                                       "images per class; none: every source image")
     cost_refresh: int = _opt(0, "rebuild the cost from current features every N epochs (0: never)")

@@ -103,9 +103,9 @@ def build_cost(name: str, source_features: Optional[Tensor] = None, source_label
         target_features: ``(N_t, D)`` float.
         target_labels: ``(N_t,)`` int in ``[0, Kt)``.
         **options: ``num_source_classes``, ``num_target_classes`` (default: from the class names,
-            else ``labels.max() + 1``), ``k`` (10), ``index`` (``auto``, ``flat``, ``ivfpq``:
+            else ``labels.max() + 1``), ``k`` (10), ``index`` (``auto``, ``flat``, ``ivfsq``, ``ivfpq``:
             :func:`~tllib_jtln.cost.index_choice.choose_index`; ``torch``: the matmul reference),
-            ``nprobe`` (IVF-PQ lists visited), ``metric`` (``cosine`` or ``euclidean``), ``seed`` (0), ``base``
+            ``nprobe`` (IVF lists visited), ``metric`` (``cosine`` or ``euclidean``), ``seed`` (0), ``base``
             (``knn``, for ``shuffled``), ``source_probs`` ((N_t, Ks) source-head softmax on the
             target images, for ``source-head``), ``source_classes`` / ``target_classes`` (names),
             ``semantic_file``, ``normalize`` (:data:`NORMALIZATIONS`, see :func:`normalize_cost`),

@@ -3,7 +3,7 @@ non-negative ``(Ks, Kt)`` matrix; :func:`~tllib_jtln.cost.build_cost` normalises
 
 - ``knn``: ``M = 1 - A / max(A)`` with ``A`` the k-NN affinity of :func:`knn.knn_affinity`
   (column ``t`` = similarity-weighted share of source labels among the ``k`` nearest source images
-  of the class-``t`` target images, cosine similarity, FAISS; exact or IVF-PQ search as
+  of the class-``t`` target images, cosine similarity, FAISS; exact or IVF search as
   :func:`~tllib_jtln.cost.index_choice.choose_index` decides, the decision told to ``log``). A target class with no neighbour
   mass falls back to its centroid-distance column, rescaled to ``[0, 1]``, with a warning.
 - ``centroid``: ``M[s, t] = d(mu_s, mu_t)`` between class-mean features, ``d`` = cosine distance

@@ -4,13 +4,14 @@ Search is maximum inner product; with ``cosine=True`` every row is L2-normalised
 chunk), so the scores are cosine similarities. The database is read in row chunks of
 :func:`~tllib_jtln.cost.paging.chunk_rows` rows, so it may be an fp16 tensor memory-mapped from disk
 (:class:`~tllib_jtln.cost.feature_store.FeatureStore`): it is never copied whole, and the memory
-a search takes is one float32 chunk plus the ``(Nq, k)`` results (plus the IVF-PQ codes, ``m``
-bytes a row). Plans (:mod:`tllib_jtln.cost.index_choice`, ``--cost-index``):
+a search takes is one float32 chunk plus the ``(Nq, k)`` results (plus an IVF index's codes: ``D``
+bytes a row for 8-bit scalar codes, ``m`` for product codes). Plans (:mod:`tllib_jtln.cost.index_choice`, ``--cost-index``):
 
 - ``flat``: exact; each chunk searched with ``faiss.IndexFlatIP`` (on GPU 0 when the installed
   faiss has GPU support and sees a GPU), the running top ``k`` merged;
-- ``ivfpq``: ``faiss.IndexIVFPQ`` trained on a seeded sample, filled chunk by chunk; each query's
-  ``refine`` best candidates are re-scored exactly against the database rows;
+- ``ivfsq``, ``ivfpq``: ``faiss.IndexIVFScalarQuantizer`` or ``faiss.IndexIVFPQ`` trained on a seeded
+  sample, filled chunk by chunk; each query's ``refine`` best candidates are re-scored exactly
+  against the database rows;
 - ``torch``: :func:`knn_search_torch`, chunked matmul + ``topk``: the reference implementation.
 """
 from __future__ import annotations
@@ -97,24 +98,29 @@ def sample_rows(database: Tensor, count: int, seed: int, cosine: bool) -> np.nda
     return np.ascontiguousarray((l2_normalize(sample) if cosine else sample).numpy())
 
 
-def build_ivfpq(database: Tensor, plan: IndexChoice, *, seed: int = 0, cosine: bool = False):
-    """A ``faiss.IndexIVFPQ`` (inner product) as ``plan`` says, trained on a seeded sample of
+def build_ivf(database: Tensor, plan: IndexChoice, *, seed: int = 0, cosine: bool = False):
+    """A FAISS inverted-file index (inner product) as ``plan`` says (``ivfsq``:
+    ``IndexIVFScalarQuantizer``; ``ivfpq``: ``IndexIVFPQ``), trained on a seeded sample of
     ``plan.train_rows`` rows and filled chunk by chunk."""
     import faiss
 
     dim = database.shape[1]
     quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFPQ(quantizer, dim, plan.nlist, plan.m, plan.nbits, faiss.METRIC_INNER_PRODUCT)
+    if plan.kind == "ivfsq":
+        codes = {8: faiss.ScalarQuantizer.QT_8bit, 4: faiss.ScalarQuantizer.QT_4bit}[plan.nbits]
+        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, plan.nlist, codes, faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexIVFPQ(quantizer, dim, plan.nlist, plan.m, plan.nbits, faiss.METRIC_INNER_PRODUCT)
+        index.pq.cp.seed, index.pq.cp.niter = int(seed), 10
     # The coarse lists only need to be roughly balanced, and candidates are re-scored exactly, so 10
-    # k-means iterations (not FAISS's 25) suffice for both (recall@10 0.998 at 100k x 512).
-    index.cp.seed = index.pq.cp.seed = int(seed)
-    index.cp.niter = index.pq.cp.niter = 10
+    # k-means iterations (not FAISS's 25) suffice (recall@10 0.998 at 100k x 512).
+    index.cp.seed, index.cp.niter = int(seed), 10
     sample = sample_rows(database, plan.train_rows, seed, cosine)
-    # One thread: the product quantiser is many small k-means (one per sub-vector), whose OpenMP
-    # barriers cost more than a second thread gives (20k x 512: 5 s on one thread, 45 s on two of a
-    # busy 2-core machine).
+    # PQ trains on one thread: its many small k-means (one per sub-vector) pay more for OpenMP's
+    # barriers than a second thread gives (20k x 512: 5 s on one thread, 45 s on two of a busy 2-core
+    # machine). The scalar quantiser's training is the coarse k-means alone, one large product.
     threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
+    faiss.omp_set_num_threads(1 if plan.kind == "ivfpq" else threads)
     try:
         index.train(sample)
     finally:
@@ -143,10 +149,10 @@ def rescore(database: Tensor, queries: np.ndarray, ids: Tensor, k: int, cosine: 
     return torch.cat(scores), torch.cat(found)
 
 
-def ivfpq_search(database: Tensor, queries: np.ndarray, k: int, plan: IndexChoice, *, seed: int = 0,
-                 cosine: bool = False) -> tuple[Tensor, Tensor]:
-    """Top ``k`` by IVF-PQ candidates (``plan.refine`` per query) re-scored exactly."""
-    index = build_ivfpq(database, plan, seed=seed, cosine=cosine)
+def ivf_search(database: Tensor, queries: np.ndarray, k: int, plan: IndexChoice, *, seed: int = 0,
+               cosine: bool = False) -> tuple[Tensor, Tensor]:
+    """Top ``k`` by an IVF index's candidates (``plan.refine`` per query) re-scored exactly."""
+    index = build_ivf(database, plan, seed=seed, cosine=cosine)
     _, candidates = index.search(queries, max(k, plan.refine))
     return rescore(database, queries, torch.from_numpy(candidates.astype(np.int64)), k, cosine)
 
@@ -160,24 +166,25 @@ def knn_search(database: Tensor, queries: Tensor, k: int, index: Union[str, Inde
         database: ``(N, D)`` float of any precision, e.g. an fp16 memory map; read in chunks.
         queries: ``(Nq, D)`` float.
         k: neighbours per query (clipped to ``N``).
-        index: ``auto``, ``flat`` (exact) or ``ivfpq`` (:func:`~tllib_jtln.cost.index_choice.choose_index`),
+        index: ``auto``, ``flat`` (exact), ``ivfsq`` or ``ivfpq``
+            (:func:`~tllib_jtln.cost.index_choice.choose_index`),
             or a ready :class:`~tllib_jtln.cost.index_choice.IndexChoice`.
-        nprobe: IVF lists visited per query (IVF-PQ).
-        seed: seed of the IVF-PQ training sample and k-means.
+        nprobe: IVF lists visited per query.
+        seed: seed of the IVF training sample and k-means.
         cosine: L2-normalise database and queries first (scores are cosine similarities).
         use_gpu: exact search on GPU 0; None: when :func:`faiss_gpu_available`.
 
     Returns:
         ``(scores (Nq, k) float32, ids (Nq, k) int64)`` CPU tensors, best first; ``ids == -1``
-        marks a missing neighbour (IVF-PQ only, when the visited lists hold fewer than ``k`` rows).
+        marks a missing neighbour (IVF only, when the visited lists hold fewer than ``k`` rows).
     """
     k = min(k, database.shape[0])
     q = queries.detach().to("cpu", torch.float32)
     q = np.ascontiguousarray((l2_normalize(q) if cosine else q).numpy())
     plan = index if isinstance(index, IndexChoice) else choose_index(
         database.shape[0], q.shape[0], database.shape[1], k, index, nprobe)
-    if plan.kind == "ivfpq":
-        return ivfpq_search(database, q, k, plan, seed=seed, cosine=cosine)
+    if plan.kind != "flat":
+        return ivf_search(database, q, k, plan, seed=seed, cosine=cosine)
     return exact_search(database, q, k, cosine=cosine, use_gpu=use_gpu)
 
 
