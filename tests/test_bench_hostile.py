@@ -205,8 +205,11 @@ def test_ctrl_c_stops_bench_promptly_and_a_rerun_continues(tmp_path, monkeypatch
     out = tmp_path / "out"
     runs = expand_runs(load_suite(path))
     _finish(out / runs[0].name, runs[0])  # finished before: kept
+    # SIGINT at its default in the bench (a shell starts background jobs with SIGINT ignored, and an
+    # ignored signal stays ignored across exec: pytest run as `cmd &` would hand that on)
     bench = subprocess.Popen([sys.executable, "-c", BENCH_WITH_SLEEPERS, str(path)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     pid_files = [out / run.name / "pid.txt" for run in runs[1:3]]
     deadline = time.monotonic() + 90
     while not all(p.is_file() and p.read_text() for p in pid_files):
