@@ -120,7 +120,8 @@ def ivf_plan(kind: str, num_rows: int, num_queries: int, dim: int, k: int, nprob
     about 39 points per centroid), ``nprobe`` ``nlist / 8`` by default (at least 8), a training
     sample of ``max(64 nlist, 39 * 256)`` rows (at most ``N``). ``ivfpq``: 8-bit codes where that
     sample allows (``39 * 2**nbits`` points per code book), else fewer bits (at least 1);
-    ``ivfsq``: :func:`sq_bits` (8 when it would pass the budget too: forced by the user)."""
+    ``ivfsq``: :func:`sq_bits`, or 4 where even 4-bit codes pass the budget (forced by the user);
+    4-bit codes re-score twice as many candidates."""
     nlist = max(1, min(int(round(math.sqrt(num_rows))), num_rows // 39))
     train_rows = min(num_rows, max(64 * nlist, 39 * 256))
     probes = max(1, min(nlist, nprobe if nprobe is not None else max(8, nlist // 8)))
