@@ -4,6 +4,7 @@ the suite file's schema, run folders edited by hand, ``--only`` matching nothing
 The training processes are stand-ins (``suite.train_command`` patched): a few lines of Python that
 write what a finished ``train`` writes, or sleep until stopped.
 """
+import contextlib
 import json
 import os
 import signal
@@ -171,14 +172,19 @@ def test_a_stale_area_claims_a_new_folder_per_bench(tmp_path):
 
 
 # ----------------------------------------------------------------------------- item 4: Ctrl-C
-#: a stand-in for `train` that writes its pid and sleeps; the seed1 run ignores SIGINT (it must be killed)
+#: a stand-in for `train` that writes its pid and sleeps, noting a KeyboardInterrupt; the seed1 run
+#: ignores SIGINT (it must be killed)
 SLEEPING_TRAIN = """
 import os, signal, sys, time
 log = sys.argv[1]
 if log.endswith("seed1"):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 open(os.path.join(log, "pid.txt"), "w").write(str(os.getpid()))
-time.sleep(120)
+try:
+    time.sleep(120)
+except KeyboardInterrupt:  # unwound as a Ctrl-C'd `train` does
+    open(os.path.join(log, "unwound.txt"), "w").write("KeyboardInterrupt")
+    raise
 """
 
 BENCH_WITH_SLEEPERS = f"""
@@ -199,35 +205,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@pytest.mark.parametrize("target", ["process group", "process"])
-def test_ctrl_c_stops_bench_promptly_and_a_rerun_continues(tmp_path, monkeypatch, target):
+@pytest.mark.parametrize("sigint_on_entry, signum, target", [
+    pytest.param(signal.SIG_DFL, signal.SIGINT, "process group", id="Ctrl-C"),
+    pytest.param(signal.SIG_DFL, signal.SIGINT, "process", id="kill-INT"),
+    # a background job of a script (`bench &`, `nohup bench &`) inherits SIGINT ignored, across exec
+    pytest.param(signal.SIG_IGN, signal.SIGINT, "process", id="background-kill-INT"),
+    pytest.param(signal.SIG_IGN, signal.SIGTERM, "process", id="background-kill-TERM"),  # SLURM, systemd, docker
+])
+def test_ctrl_c_stops_bench_promptly_and_a_rerun_continues(tmp_path, monkeypatch, sigint_on_entry, signum, target):
     path = _suite_file(tmp_path)
     out = tmp_path / "out"
     runs = expand_runs(load_suite(path))
     _finish(out / runs[0].name, runs[0])  # finished before: kept
-    # SIGINT at its default in the bench (a shell starts background jobs with SIGINT ignored, and an
-    # ignored signal stays ignored across exec: pytest run as `cmd &` would hand that on)
     bench = subprocess.Popen([sys.executable, "-c", BENCH_WITH_SLEEPERS, str(path)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, start_new_session=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    pid_files = [out / run.name / "pid.txt" for run in runs[1:3]]
-    deadline = time.monotonic() + 90
-    while not all(p.is_file() and p.read_text() for p in pid_files):
-        assert bench.poll() is None and time.monotonic() < deadline, bench.communicate()
-        time.sleep(0.1)
-    children = [int(p.read_text()) for p in pid_files]
-    started = time.monotonic()
-    if target == "process group":
-        os.killpg(bench.pid, signal.SIGINT)  # Ctrl-C in a terminal
-    else:
-        os.kill(bench.pid, signal.SIGINT)
-    stdout, stderr = bench.communicate(timeout=30)
-    assert bench.returncode == 130, stderr
-    assert time.monotonic() - started < 10
-    assert "interrupted" in stderr.strip().splitlines()[-1] and "Traceback" not in stderr
-    assert not any(_alive(pid) for pid in children)  # the one ignoring SIGINT was killed
-    assert not (out / runs[3].name).exists()  # queued: never started
-    assert (out / runs[0].name / "summary.json").is_file()
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, sigint_on_entry))
+    try:
+        _stop_bench(bench, out, runs, signum, target)
+    finally:  # a bench that did not stop, and its children, are not left running
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(bench.pid, signal.SIGKILL)
     # the same command again: the finished run kept, the others (re)run, a checkpoint resumed
     (out / runs[2].name / "checkpoints").mkdir()
     (out / runs[2].name / "checkpoints" / "last.pt").write_bytes(b"")
@@ -236,6 +233,30 @@ def test_ctrl_c_stops_bench_promptly_and_a_rerun_continues(tmp_path, monkeypatch
     assert json.loads((out / runs[0].name / "summary.json").read_text()) == {"test_top1": 0.9}
     assert (out / runs[2].name / "argv.txt").read_text() == "--resume"
     assert all((out / run.name / "summary.json").is_file() for run in runs)
+
+
+def _stop_bench(bench: subprocess.Popen, out: Path, runs: list, signum: int, target: str) -> None:
+    """Send ``signum`` to ``bench`` (or its process group) once two runs are running; check it
+    stopped within seconds as on Ctrl-C: exit 130, its children gone, a queued run never started."""
+    pid_files = [out / run.name / "pid.txt" for run in runs[1:3]]
+    deadline = time.monotonic() + 90
+    while not all(p.is_file() and p.read_text() for p in pid_files):
+        assert bench.poll() is None and time.monotonic() < deadline, bench.communicate()
+        time.sleep(0.1)
+    children = [int(p.read_text()) for p in pid_files]
+    started = time.monotonic()
+    if target == "process group":
+        os.killpg(bench.pid, signum)  # Ctrl-C in a terminal
+    else:
+        os.kill(bench.pid, signum)
+    stdout, stderr = bench.communicate(timeout=30)
+    assert bench.returncode == 130, stderr
+    assert time.monotonic() - started < 10
+    assert "interrupted" in stderr.strip().splitlines()[-1] and "Traceback" not in stderr
+    assert not any(_alive(pid) for pid in children)  # the one ignoring SIGINT was killed
+    assert (out / runs[2].name / "unwound.txt").is_file()  # the other took the forwarded SIGINT as Ctrl-C
+    assert not (out / runs[3].name).exists()  # queued: never started
+    assert (out / runs[0].name / "summary.json").is_file()
 
 
 # ----------------------------------------------------------------------------- item 6: the schema
@@ -315,7 +336,9 @@ def test_an_unreadable_run_file_fails_that_run_and_the_others_finish(tmp_path, m
 # ----------------------------------------------------------------------------- item 13: --only
 def test_only_matching_no_run_says_so_and_exits_2(tmp_path, capsys):
     path = _suite_file(tmp_path)
+    handlers = [signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)]
     assert main(["bench", "--suite", str(path), "--only", "K9/*"]) == 2
+    assert [signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)] == handlers  # put back
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--only 'K9/*' matches none of the suite's 4 runs" in err
     assert not (tmp_path / "out").exists()

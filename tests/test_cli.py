@@ -1,6 +1,9 @@
-"""The command line's contract: version, one-line errors with exit 2, config resolution."""
+"""The command line's contract: version, one-line errors with exit 2, config resolution, SIGTERM."""
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -9,6 +12,7 @@ from tllib_jtln.cli import main
 from tllib_jtln.config import Config
 from tllib_jtln.settings import resolve_settings
 from tllib_jtln.errors import UserError
+from tiny_images import tiny_argv
 
 
 def run_cli(*args):
@@ -66,3 +70,27 @@ def test_bad_yaml_values_are_user_errors(tmp_path, text, needle):
 def test_out_of_range_values_name_the_flag(given, needle):
     with pytest.raises(UserError, match=needle):
         resolve_settings(given)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["kill-INT", "kill-TERM"])
+def test_a_stop_signal_ends_a_background_train_as_ctrl_c_does(tmp_path, signum):
+    """A `train &` of a script (SIGINT ignored on entry) told `kill -INT PID` or `kill PID` (SLURM
+    preemption, systemd): it unwinds as on Ctrl-C, exit 130, its checkpoints kept, the last line says
+    --resume."""
+    log = tmp_path / "run"
+    argv = tiny_argv(tmp_path / "data", log, epochs=500)  # runs for minutes, a checkpoint every epoch
+    train = subprocess.Popen([sys.executable, "-m", "tllib_jtln", "train", *argv],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 120
+        while not (log / "checkpoints" / "last.pt").is_file():
+            assert train.poll() is None and time.monotonic() < deadline, train.communicate()
+            time.sleep(0.1)
+        os.kill(train.pid, signum)
+        _, stderr = train.communicate(timeout=30)
+    finally:
+        train.kill()
+    assert train.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == (f"tllib-jtln: interrupted; finished checkpoints are kept "
+                                               f"(fix the cause, then continue with --resume --log {log})")

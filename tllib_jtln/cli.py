@@ -2,17 +2,20 @@
 
 Exit status: 0 done; 2 stopped with a one-line error on stderr, never a traceback: bad input
 (flags, files, data) or an environment to fix (a full disk, a log folder in use); 1 ``bench``
-finished but some of its runs failed (each named on its line); 130 interrupted. Heavy imports
+finished but some of its runs failed (each named on its line); 130 interrupted (Ctrl-C; for
+``train`` and ``bench`` also SIGTERM, and SIGINT where it came in ignored). Heavy imports
 (torch, timm) happen inside the subcommands, so ``--version`` and errors are instant.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import os
+import signal
 import sys
 import warnings
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from . import __version__
 from .engine.launch import relay_worker_error
@@ -85,6 +88,22 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def stop_signals_as_ctrl_c() -> Iterator[None]:
+    """While inside: SIGINT and SIGTERM (``kill PID``, SLURM preemption, systemd, ``docker stop``) raise
+    KeyboardInterrupt in the main thread, as Ctrl-C does, also where SIGINT came in ignored (a script's
+    background job: ``cmd &``, ``nohup cmd &``); the previous handlers come back on leaving.
+
+    A caught signal is reset to its default across exec (an ignored one stays ignored), so the
+    children started inside take SIGINT as Ctrl-C whatever this process inherited."""
+    previous = {signum: signal.signal(signum, signal.default_int_handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     nproc = getattr(args, "nproc_per_node", None)
     if nproc is not None and nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -94,7 +113,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"--nproc-per-node {nproc} under a launcher that started {os.environ['LOCAL_WORLD_SIZE']} "
                         f"processes per node; give one of them")
     from .engine.run import train_from_flags
-    return train_from_flags(_given(args))
+    if "LOCAL_RANK" in os.environ:  # a worker: its launcher's SIGTERM ends it at once, even inside a collective
+        return train_from_flags(_given(args))
+    with stop_signals_as_ctrl_c():  # a preempted run keeps its checkpoints and says --resume
+        return train_from_flags(_given(args))
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -112,8 +134,9 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.suite import run_suite
     try:
-        return run_suite(args.suite, out=args.out, dry_run=args.dry_run, only=args.only, jobs=args.jobs,
-                         report_only=args.report_only, results_doc=args.results_doc)
+        with stop_signals_as_ctrl_c():
+            return run_suite(args.suite, out=args.out, dry_run=args.dry_run, only=args.only, jobs=args.jobs,
+                             report_only=args.report_only, results_doc=args.results_doc)
     except KeyboardInterrupt:  # the running children are ended by then
         sys.stderr.write(f"{PROG}: interrupted; finished runs and the checkpoints of stopped ones are kept "
                          f"(run the same bench command again to continue)\n")

@@ -28,7 +28,8 @@ whose recorded recipe (``suite_recipe.yaml``) differs from the suite file's is m
 ``<out>.stale/`` and redone (:mod:`~tllib_jtln.bench.runfolder`).
 Each run is a separate ``python -m tllib_jtln train`` process, so one failing run is reported and
 the others go on. One ``bench`` writes to an ``out`` at a time (``out/.lock``, as a log folder's).
-Ctrl-C (SIGINT to ``bench`` or to its process group) stops it at once
+Ctrl-C (SIGINT to ``bench`` or to its process group; also SIGTERM, and SIGINT to a ``bench``
+started in the background, which inherits it ignored) stops it at once
 (:mod:`~tllib_jtln.bench.children`): no queued run starts, running ones are ended; finished runs and
 the checkpoints of stopped ones are kept, so the same command continues. At the end ``results_<name>.json`` (every run's numbers) and ``results_<name>.md`` (mean +-
 std over seeds) are written; see :mod:`tllib_jtln.bench.report`.
