@@ -74,13 +74,15 @@ FAMILY_KNOBS = {"l2sp": "trade_off_backbone", "delta": "trade_off_backbone", "bs
 
 
 @pytest.mark.parametrize("name", ["pretrained_joint.yaml", "imagenet_pretrained.yaml"])
-def test_tllibs_family_runs_beside_jtln_at_tllibs_defaults(name):
-    suite = load_suite(CONFIGS / "suite" / name)
+def test_tllibs_family_runs_beside_jtln_at_values_from_the_selection_grid(name):
+    suite, select = load_suite(CONFIGS / "suite" / name), load_suite(CONFIGS / "suite" / "select_pretrained_joint.yaml")
     rows = suite["methods"]
     for method, knob in FAMILY_KNOBS.items():
         row = rows[method]
-        default = DELTA_STABLE if method == "delta" else getattr(Config(), knob)
-        assert row["method"] == method and row[knob] == default, method  # TLlib's default until tuned
+        grid = [r[knob] for r in select["methods"].values() if r["method"] == method]
+        # DELTA's alpha is carried as the step lr x alpha where the suite's lr differs (stability-bound)
+        scale = select["base"]["lr"] / {**suite["base"], **row}["lr"] if method == "delta" else 1.0
+        assert row["method"] == method and any(row[knob] == pytest.approx(v * scale) for v in grid), method
     assert rows["stochnorm"]["freeze_bn"] is False and rows["erm-bn"] == {"method": "erm", "freeze_bn": False}
     assert rows["bi_tuning"]["finetune"] is False  # TLlib's bi_tuning.sh has no --finetune
     assert {**suite["base"], **rows["lwf"]}["source_data"] == "none"  # LwF distils the ImageNet head: source-free
