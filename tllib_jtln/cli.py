@@ -113,9 +113,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"--nproc-per-node {nproc} under a launcher that started {os.environ['LOCAL_WORLD_SIZE']} "
                         f"processes per node; give one of them")
     from .engine.run import train_from_flags
-    if "LOCAL_RANK" in os.environ:  # a worker: its launcher's SIGTERM ends it at once, even inside a collective
-        return train_from_flags(_given(args))
-    with stop_signals_as_ctrl_c():  # a preempted run keeps its checkpoints and says --resume
+    # a preempted run keeps its checkpoints and says --resume; a DDP worker keeps the default, so its
+    # launcher's SIGTERM ends it at once, even inside a collective
+    signals = contextlib.nullcontext() if "LOCAL_RANK" in os.environ else stop_signals_as_ctrl_c()
+    with signals:
         return train_from_flags(_given(args))
 
 
