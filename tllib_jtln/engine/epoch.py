@@ -27,6 +27,7 @@ from ..errors import UserError
 from . import distributed as D
 from .assembly import Parts
 from .evaluate import evaluate
+from .health import collapse_warning
 from .precision import autocast_context
 from .reporter import Reporter
 from .selection import better, no_validation_result
@@ -129,7 +130,9 @@ def validate_and_checkpoint(parts: Parts, net: nn.Module, run: StageRun, state: 
     record["best_epoch"] = state.best["epoch"] if state.best else None
     record["epoch_time_s"] = round(time.time() - started, 3)
     if parts.info.is_main:
-        reporter.record(record, parts.method.epoch_warnings(record))
+        reporter.warn_once("method", parts.method.epoch_warnings(record))
+        reporter.warn_once("collapse", collapse_warning(record, len(parts.task.target_classes)))
+        reporter.record(record)
         save_progress(parts, run, state, improved)
         reporter.epoch_line(record, improved)
     D.barrier()

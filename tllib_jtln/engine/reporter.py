@@ -3,8 +3,8 @@
 Only the main process (rank 0 under DDP) prints and writes. During an epoch a progress bar
 (tqdm under ``--progress`` on a terminal, else TLlib-style lines every ``--print-freq`` steps) shows the loss
 terms; after it, one line per epoch (loss terms, validation accuracies, learning rate) and one
-``metrics.jsonl`` record; a method's warnings (:meth:`Method.epoch_warnings
-<tllib_jtln.methods.Method.epoch_warnings>`) go to stderr once per run.
+``metrics.jsonl`` record; warnings (a method's :meth:`Method.epoch_warnings
+<tllib_jtln.methods.Method.epoch_warnings>`, the engine's :mod:`health` check) go to stderr once per kind and run.
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ class Reporter:
     def __init__(self, cfg, log_dir: Path, is_main: bool, total_epochs: int):
         self.cfg, self.is_main, self.total_epochs = cfg, is_main, total_epochs
         self.metrics = MetricsLog(log_dir)
-        self.warned = False
+        self.warned: set[str] = set()
 
     def say(self, message: str) -> None:
         if self.is_main:
@@ -94,15 +94,17 @@ class Reporter:
                 else f"continuing with epoch {epoch + 1}")
         self.say(f"resumed {log_dir} after epoch {epoch}: {left}")
 
-    def record(self, record: dict, warnings: list[str]) -> None:
-        """The epoch's ``metrics.jsonl`` line, after the method's warnings (the first epoch that has any)."""
-        if not self.is_main:
-            return
-        if warnings and not self.warned:
-            self.warned = True
-            for line in warnings:
+    def warn_once(self, kind: str, lines: list[str]) -> None:
+        """Print ``lines`` to stderr, the first time a warning of ``kind`` has any in this run."""
+        if self.is_main and lines and kind not in self.warned:
+            self.warned.add(kind)
+            for line in lines:
                 print(f"warning: {line}", file=sys.stderr, flush=True)
-        self.metrics.append(record)
+
+    def record(self, record: dict) -> None:
+        """The epoch's ``metrics.jsonl`` line."""
+        if self.is_main:
+            self.metrics.append(record)
 
     def epoch_line(self, record: dict, improved: bool) -> None:
         """``epoch E/N: loss L (terms), val top-1 ..., lr ... [*best*] [seconds]``."""
