@@ -58,6 +58,10 @@ def test_selection_is_on_validation_with_splits_and_seeds_disjoint_from_the_eval
         assert {k: rows[control][k] for k in tuned} == tuned  # the controls at jtln's tuned settings
     assert rows["jtln-taxonomy-shuffled"]["cost_base"] == rows["jtln-taxonomy"]["cost"]
     assert (CONFIGS.parent / rows["jtln-taxonomy"]["cost"].removeprefix("taxonomy:")).is_file()
+    if select_file == "select_pretrained_joint.yaml":  # rates: {0.001, 0.003, 0.01}, one step past an edge at most
+        for method in ("erm", "joint", "consecutive"):
+            rates = {r["lr"] for r in select["methods"].values() if r["method"] == method and "lr" in r}
+            assert {0.001, 0.003, 0.01} <= rates <= {0.0003, 0.001, 0.003, 0.01, 0.03}, method
     for baseline in ("consecutive", "co_tuning", "joint", "jtln-uniform", "jtln-shuffled"):
         assert ["jtln", baseline] in powered["pairs"]
     assert ["jtln-taxonomy", "jtln-taxonomy-shuffled"] in powered["pairs"]
