@@ -274,3 +274,26 @@ def test_a_suite_of_skip_test_runs_is_reported_on_validation_alone(suite, tmp_pa
     assert "**test top-1**" not in md and "paired differences, test top-1" not in md
     assert "| erm | 60.0 ± 10.0 | 60.0 ± 10.0 |" in md and "+5.0 [+5.0, +5.0] p n/a (3/3 wins)" in md
     assert (tmp_path / "paired_demo.png").is_file() and "validation top-1 against K" in md
+
+
+def test_cells_with_runs_that_ended_at_chance_are_named_below_the_tables(suite, tmp_path):
+    values = {(row, s): [0.2, 0.6, 0.7] for row in ("erm", "jtln") for s in ("K1", "K5")}
+    _fake_summaries(suite, tmp_path, values)
+    classes = ["a", "b", "c", "d", "e"]  # chance 20%
+    collapsed = [{"epoch": 1, "train_ce_target": 1.70, "val_top1": 0.2},
+                 {"epoch": 2, "train_ce_target": 1.62, "val_top1": 0.2}]   # log 5 = 1.609: at chance
+    recovered = [{"epoch": 1, "train_ce_target": 1.70, "val_top1": 0.2},
+                 {"epoch": 2, "train_ce_target": 1.62, "val_top1": 0.2},
+                 {"epoch": 3, "train_ce_target": 0.40, "val_top1": 0.7}]   # kept epoch 3: learnt after all
+    for run in expand_runs(suite):
+        folder = tmp_path / run.name
+        summary = json.loads((folder / "summary.json").read_text())
+        metrics = collapsed if (run.row, run.setting, run.seed) == ("jtln", "K5", 0) else recovered
+        summary.update(target_classes=classes, best_epoch=metrics[-1]["epoch"] if metrics is recovered else 1)
+        (folder / "summary.json").write_text(json.dumps(summary))
+        (folder / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in metrics) + "\n")
+    (tmp_path / expand_runs(suite)[0].name / "metrics.jsonl").write_text("{not json\n")  # unreadable: no note
+    records = collect_results(suite, expand_runs(suite), tmp_path)
+    assert sum(r["at_chance"] is True for r in records) == 1 and records[0]["at_chance"] is None
+    md = write_report(suite, records, tmp_path, "suite.yaml").read_text()
+    assert "Runs that ended at chance" in md and "K5/jtln 1 of 3." in md and "erm 1" not in md

@@ -9,7 +9,9 @@ for shows how many it has, e.g. ``(2/3)``. A paired difference ``a - b`` is comp
 class split, same seed, same data) and reported as its mean with a 95% t-interval, the paired
 t-test's p-value and the win count (:mod:`tllib_jtln.bench.paired`), in the tables and in the
 forest plot ``paired_<name>.png``. Runs made with ``--skip-test`` (selection runs) have no test
-figures: a suite of such runs is reported on validation alone.
+figures: a suite of such runs is reported on validation alone. Below the accuracy tables, one
+sentence names the cells holding runs that ended at chance (read from each run's ``metrics.jsonl``:
+:func:`~tllib_jtln.engine.health.run_at_chance`), whose numbers are failed runs, not fine-tuning.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from pathlib import Path
 from .paired import PairedStats, paired_stats, plot_paired
 from ..errors import UserError, one_line
 from ..fileio import save_figure, write_text
-from .runfolder import read_summary
+from ..engine.health import run_at_chance
+from .runfolder import read_metrics, read_summary
 
 METRICS = (("test_top1", "test top-1"), ("test_mean_class_acc", "test mean-class acc"),
            ("val_top1", "validation top-1 (what model and switch selection may look at)"))
@@ -41,9 +44,34 @@ def collect_results(suite: dict, runs: list, out_dir: Path) -> list[dict]:
         except UserError as exc:  # unreadable: not counted as finished, and said so
             summary, record["error"] = None, one_line(exc)
         if summary is not None:
-            record.update(finished=True, **summary)
+            record.update(finished=True, **summary, at_chance=_ended_at_chance(out_dir / run.name, summary))
         records.append(record)
     return records
+
+
+def _ended_at_chance(log_dir: Path, summary: dict) -> bool | None:
+    """Whether the finished run ended at chance (:func:`~tllib_jtln.engine.health.run_at_chance`); None
+    when its ``metrics.jsonl`` or its target classes cannot be read."""
+    metrics, classes = read_metrics(log_dir), summary.get("target_classes")
+    if metrics is None or not classes:
+        return None
+    return run_at_chance(metrics, summary.get("best_epoch"), len(classes))
+
+
+def render_at_chance(suite: dict, records: list[dict]) -> str:
+    """One sentence naming the cells with runs that ended at chance (their mean is not a fine-tuning
+    result but a failed run's), with how many of the cell's finished runs did; "" when none did."""
+    cells = []
+    for setting in suite["settings"]:
+        for row in suite["methods"]:
+            done = [r for r in records if r["row"] == row and r["setting"] == setting and r["finished"]]
+            failed = sum(r.get("at_chance") is True for r in done)
+            if failed:
+                cells.append(f"{setting}/{row} {failed} of {len(done)}")
+    if not cells:
+        return ""
+    return ("Runs that ended at chance (each warned that its target head was at chance from epoch 2 on, "
+            "and its kept epoch is at chance on validation: `engine/health.py`): " + ", ".join(cells) + ".")
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -294,6 +322,8 @@ def write_report(suite: dict, records: list[dict], out_dir: Path, suite_file: st
         parts += [f"\n![paired differences, {METRIC_NAMES[main]}: mean and 95% t-interval]({forest.name})"]
     for metric in metrics:
         parts += [f"\n**{dict(METRICS)[metric]}**\n", render_table(suite, records, metric)]
+    if at_chance := render_at_chance(suite, records):
+        parts += [f"\n{at_chance}"]
     parts += ["\n**images seen per stream (source + target) by each run**\n", render_budgets(suite, records),
               "\n**switches of each row (resolved, from summary.json)**\n", render_switches(suite, records)]
     if suite.get("pairs"):

@@ -25,12 +25,13 @@ from ..errors import UserError
 
 RECIPE = "suite_recipe.yaml"
 SUMMARY = "summary.json"
+METRICS = "metrics.jsonl"
 
 #: summary.json fields the tables read, and the types a value may have (None always allowed)
 _FRACTIONS = ("test_top1", "test_mean_class_acc", "val_top1", "val_mean_class_acc")
 _FIX = "fix the file, or move the run folder away to redo the run"
 _TYPES = {"best_epoch": int, "wall_time_s": (int, float), "images_seen": dict, "switches": dict,
-          "selected_on": str, "test_skipped": bool}
+          "selected_on": str, "test_skipped": bool, "target_classes": list}
 
 
 def read_recipe(log_dir: Path) -> dict | None:
@@ -68,6 +69,20 @@ def read_summary(log_dir: Path) -> dict | None:
     if not all(type(v) is int and v >= 0 for v in seen.values()):
         raise UserError(f"{path}: images_seen must map each stream to a count of images, got {seen!r}; {_FIX}")
     return {key: summary.get(key) for key in (*_FRACTIONS, *_TYPES)}
+
+
+def read_metrics(log_dir: Path) -> list[dict] | None:
+    """The run's ``metrics.jsonl`` records (one per epoch), or None when the log is missing, is a
+    symlink or cannot be read: it only annotates the tables (the report's at-chance note), so an
+    unreadable log leaves that note out for the run rather than failing the report."""
+    path = Path(log_dir) / METRICS
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return records if all(isinstance(r, dict) for r in records) else None
 
 
 def refuse_symlinks(out: Path, name: str) -> None:

@@ -27,9 +27,9 @@ def collapse_warning(record: dict, num_target_classes: int) -> list[str]:
     (no better than a uniform guess on the training images) and ``val_top1 <= 1.25 / Kt``. A record
     without both numbers (a source-only stage, a run without validation) or with ``Kt < 2`` is not
     judged."""
-    ce, top1 = record.get("train_ce_target"), record.get("val_top1")
-    if (num_target_classes < 2 or ce is None or top1 is None or math.isnan(top1)
-            or record["epoch"] < FIRST_JUDGED_EPOCH):
+    ce, top1, epoch = record.get("train_ce_target"), record.get("val_top1"), record.get("epoch")
+    if (num_target_classes < 2 or not all(_is_number(x) for x in (ce, top1, epoch)) or math.isnan(top1)
+            or epoch < FIRST_JUDGED_EPOCH):
         return []
     uniform = math.log(num_target_classes)
     if ce < UNIFORM_CE_SHARE * uniform or top1 > CHANCE_MULTIPLE / num_target_classes:
@@ -38,3 +38,17 @@ def collapse_warning(record: dict, num_target_classes: int) -> list[str]:
             f"{100 / num_target_classes:.1f}%; training cross-entropy {ce:.3f}, a uniform guess's log "
             f"{num_target_classes} = {uniform:.3f}): the run has collapsed or diverged; lower --lr, or pass "
             f"--finetune to train the backbone at 0.1x"]
+
+
+def run_at_chance(metrics: list[dict], kept_epoch: int, num_target_classes: int) -> bool:
+    """Whether a finished run ended at chance: the check above fired at some epoch of ``metrics`` (its
+    ``metrics.jsonl`` records) and the kept epoch's validation top-1 is at most 1.25 x chance too."""
+    kept = next((r for r in metrics if r.get("epoch") == kept_epoch), None)
+    top1 = None if kept is None else kept.get("val_top1")
+    if not _is_number(top1) or top1 > CHANCE_MULTIPLE / max(num_target_classes, 1):
+        return False
+    return any(collapse_warning(r, num_target_classes) for r in metrics)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
