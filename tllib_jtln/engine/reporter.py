@@ -3,8 +3,9 @@
 Only the main process (rank 0 under DDP) prints and writes. During an epoch a progress bar
 (tqdm under ``--progress`` on a terminal, else TLlib-style lines every ``--print-freq`` steps) shows the loss
 terms; after it, one line per epoch (loss terms, validation accuracies, learning rate) and one
-``metrics.jsonl`` record; warnings (a method's :meth:`Method.epoch_warnings
-<tllib_jtln.methods.Method.epoch_warnings>`, the engine's :mod:`health` check) go to stderr once per kind and run.
+``metrics.jsonl`` record. Warnings (a method's :meth:`Method.epoch_warnings
+<tllib_jtln.methods.Method.epoch_warnings>`, the engine's :mod:`health` check) go to stderr, once
+per kind and run.
 """
 from __future__ import annotations
 
