@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 
 from ..config import load_yaml
-from ..engine.logdir import holding
+from ..engine.logdir import METRICS, MetricsLog, holding
 from ..errors import UserError
 
 RECIPE = "suite_recipe.yaml"
 SUMMARY = "summary.json"
-METRICS = "metrics.jsonl"
 
 #: summary.json fields the tables read, and the types a value may have (None always allowed)
 _FRACTIONS = ("test_top1", "test_mean_class_acc", "val_top1", "val_mean_class_acc")
@@ -72,17 +71,16 @@ def read_summary(log_dir: Path) -> dict | None:
 
 
 def read_metrics(log_dir: Path) -> list[dict] | None:
-    """The run's ``metrics.jsonl`` records (one per epoch), or None when the log is missing, is a
-    symlink or cannot be read: it only annotates the tables (the report's at-chance note), so an
-    unreadable log leaves that note out for the run rather than failing the report."""
-    path = Path(log_dir) / METRICS
-    if path.is_symlink() or not path.is_file():
+    """The run's ``metrics.jsonl`` epoch records (:meth:`MetricsLog.read
+    <tllib_jtln.engine.logdir.MetricsLog.read>`, which skips lines it cannot parse), or None when the
+    log is missing, is a symlink, cannot be read or holds no record: it only annotates the tables (the
+    report's at-chance note), so such a log leaves that note out for the run rather than failing the report."""
+    if (Path(log_dir) / METRICS).is_symlink():
         return None
     try:
-        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError, ValueError):
+        return MetricsLog(log_dir).read() or None
+    except OSError:
         return None
-    return records if all(isinstance(r, dict) for r in records) else None
 
 
 def refuse_symlinks(out: Path, name: str) -> None:
