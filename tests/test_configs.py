@@ -62,6 +62,13 @@ def test_selection_is_on_validation_with_splits_and_seeds_disjoint_from_the_eval
         for method in ("erm", "joint", "consecutive"):
             rates = {r["lr"] for r in select["methods"].values() if r["method"] == method and "lr" in r}
             assert {0.001, 0.003, 0.01} <= rates <= {0.0003, 0.001, 0.003, 0.01, 0.03}, method
+    # every tuned row of the evaluation suite is a cell its selection suite ran (no value from outside the grid)
+    knobs = ("method", "lr", "trade_off", "ot_eps", "ot_reg", "ot_weight", "ot_on", "cost")
+    def cell(suite, row):
+        return tuple({**suite["base"], **row}.get(k) for k in knobs)
+    selected = {cell(select, row) for row in select["methods"].values() if "with" not in row}
+    for name in ("erm", "joint", "consecutive", "co_tuning", "jtln", "jtln-source"):
+        assert cell(powered, rows[name]) in selected, name
     for baseline in ("consecutive", "co_tuning", "joint", "jtln-uniform", "jtln-shuffled"):
         assert ["jtln", baseline] in powered["pairs"]
     assert ["jtln-taxonomy", "jtln-taxonomy-shuffled"] in powered["pairs"]
