@@ -104,3 +104,26 @@ def test_disk_full_during_a_checkpoint_write_is_one_line_and_keeps_the_last_chec
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "No space left on device" in err[0]  # exit 2: a one-line error
     assert (log / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_a_stop_signal_during_an_atomic_write_lands_after_the_file_is_in_place(tmp_path):
+    """Ctrl-C inside torch.save turned into a zip-writer error (exit 1, a traceback) instead of a clean
+    stop: the writer now holds the signal until the file is complete, then raises it."""
+    from tllib_jtln.fileio import atomic_write
+
+    target = tmp_path / "checkpoint.bin"
+
+    def interrupted(fh):
+        fh.write(b"a" * 1000)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # without the hold, KeyboardInterrupt lands here, mid-write
+        fh.write(b"b" * 1000)
+
+    try:
+        atomic_write(target, interrupted)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the held SIGINT was never raised")
+    assert target.read_bytes() == b"a" * 1000 + b"b" * 1000
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

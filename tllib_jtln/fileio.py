@@ -24,9 +24,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import stat
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 from .errors import UserError
 
@@ -104,11 +107,38 @@ def temporary_path(path: str | Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}.tmp")
 
 
+#: the signals that stop a run (Ctrl-C, ``kill``); an atomic write holds them until its file is in place
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def stop_signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM for the block: a handler notes one that arrives, and the first noted is
+    raised again (``signal.raise_signal``) to the handlers restored as the block ends. Main thread only
+    (Python runs signal handlers there); a handler installed outside Python is left alone."""
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    if threading.current_thread() is not threading.main_thread() or None in previous.values():
+        yield
+        return
+    held: list[int] = []
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda received, frame: held.append(received))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            signal.raise_signal(held[0])
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     """Write ``path`` atomically through ``write(file_object)``; returns ``path``.
 
     A regular file left at the temporary name by an earlier process with this pid is replaced;
-    anything else there, or a non-regular file at ``path``, is a :class:`UserError`.
+    anything else there, or a non-regular file at ``path``, is a :class:`UserError`. A stop signal
+    during the write lands once the file is in place: a torch.save cut by Ctrl-C raised a zip error
+    instead of KeyboardInterrupt.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,15 +151,16 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     else:
         refuse_non_regular(tmp, mode)
         tmp.unlink()
-    try:
-        with open(tmp, "wb", opener=_exclusive) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with stop_signals_deferred():
+        try:
+            with open(tmp, "wb", opener=_exclusive) as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return path
 
 
