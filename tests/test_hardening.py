@@ -119,11 +119,14 @@ def test_a_stop_signal_during_an_atomic_write_lands_after_the_file_is_in_place(t
         time.sleep(0.1)  # without the hold, KeyboardInterrupt lands here, mid-write
         fh.write(b"b" * 1000)
 
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever ran before
     try:
         atomic_write(target, interrupted)
     except KeyboardInterrupt:
         pass
     else:
         raise AssertionError("the held SIGINT was never raised")
+    finally:
+        restored = signal.signal(signal.SIGINT, outer)
     assert target.read_bytes() == b"a" * 1000 + b"b" * 1000
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert restored is signal.default_int_handler
