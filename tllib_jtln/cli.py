@@ -12,14 +12,14 @@ import argparse
 import contextlib
 import difflib
 import os
-import signal
 import sys
 import warnings
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 from . import __version__
 from .engine.launch import relay_worker_error
 from .errors import UserError, one_line
+from .stop_signals import stop_signals_as_ctrl_c
 
 PROG = "tllib-jtln"
 
@@ -86,22 +86,6 @@ def cmd_list(args: argparse.Namespace) -> int:
         names = [n for n in names if fnmatch.fnmatch(n, args.filter)]
     print("\n".join(names))
     return 0
-
-
-@contextlib.contextmanager
-def stop_signals_as_ctrl_c() -> Iterator[None]:
-    """While inside: SIGINT and SIGTERM (``kill PID``, SLURM preemption, systemd, ``docker stop``) raise
-    KeyboardInterrupt in the main thread, as Ctrl-C does, also where SIGINT came in ignored (a script's
-    background job: ``cmd &``, ``nohup cmd &``); the previous handlers come back on leaving.
-
-    A caught signal is reset to its default across exec (an ignored one stays ignored), so the
-    children started inside take SIGINT as Ctrl-C whatever this process inherited."""
-    previous = {signum: signal.signal(signum, signal.default_int_handler) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

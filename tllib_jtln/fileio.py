@@ -24,14 +24,12 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import stat
-import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable
 
 from .errors import UserError
+from .stop_signals import stop_signals_deferred
 
 _KINDS = ((stat.S_ISLNK, "a symlink"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
           (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
@@ -105,31 +103,6 @@ def temporary_path(path: str | Path) -> Path:
     """Where :func:`atomic_write` writes ``path`` first: ``NAME.<pid>.tmp`` beside it."""
     path = Path(path)
     return path.with_name(f"{path.name}.{os.getpid()}.tmp")
-
-
-#: the signals that stop a run (Ctrl-C, ``kill``); an atomic write holds them until its file is in place
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-@contextmanager
-def stop_signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM for the block: a handler notes one that arrives, and the first noted is
-    raised again (``signal.raise_signal``) to the handlers restored as the block ends. Main thread only
-    (Python runs signal handlers there); a handler installed outside Python is left alone."""
-    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-    if threading.current_thread() is not threading.main_thread() or None in previous.values():
-        yield
-        return
-    held: list[int] = []
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, lambda received, frame: held.append(received))
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if held:
-            signal.raise_signal(held[0])
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:

@@ -6,7 +6,7 @@ process group) no queued item starts and :func:`stop_children` ends the running 
 group's SIGINT has not ended within :data:`SIGNAL_AFTER_S` gets one of its own (so a ``train``
 unwinds as on Ctrl-C, keeping its checkpoints), and one still alive :data:`STOP_GRACE_S` later is
 killed; then the KeyboardInterrupt goes on to the caller. ``tllib-jtln bench`` takes SIGTERM, and a
-SIGINT it inherited ignored (started as ``bench &``), as Ctrl-C (:func:`tllib_jtln.cli.stop_signals_as_ctrl_c`);
+SIGINT it inherited ignored (started as ``bench &``), as Ctrl-C (:func:`tllib_jtln.stop_signals.stop_signals_as_ctrl_c`);
 its children then start with SIGINT at its default, so a forwarded SIGINT unwinds them too.
 """
 from __future__ import annotations
