@@ -1,6 +1,7 @@
 """The suite runner's bookkeeping: suite validation, run expansion, resumability, tables."""
 import json
 import sys
+import warnings
 from pathlib import Path
 from unittest import mock
 
@@ -213,6 +214,18 @@ def test_paired_interval_and_p_value_match_the_direct_formulas():
                                                                      pytest.approx(20.0), None, 1)
     with pytest.raises(ValueError, match="same number"):
         paired_stats([0.1], [])
+
+
+def test_paired_differences_equal_up_to_float_noise_have_no_interval_and_no_warning():
+    """Two units, each 2 points apart: 100 (0.70 - 0.68) and 100 (0.62 - 0.60) differ in the last
+    bits, which scipy's t-test met with a 'catastrophic cancellation' warning and a p near 0."""
+    a, b = [0.70, 0.62], [0.68, 0.60]
+    assert 100 * (a[0] - b[0]) != 100 * (a[1] - b[1])  # the noise is there
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        st = paired_stats(a, b)
+    assert (st.low, st.high, st.p_value, st.wins) == (st.mean, st.mean, None, 2)
+    assert st.mean == pytest.approx(2.0)
 
 
 SPLIT_SUITE = SUITE + "splits: [random:0, random:3]\n"

@@ -9,10 +9,11 @@ both rows finished, on the same data; with differences :math:`d_i = a_i - b_i` (
     \bar d \pm t_{0.975,\,n-1}\, \frac{s}{\sqrt n}
 
 is the 95% confidence interval of the mean difference (Student's t, ``scipy.stats.t``), and the
-p-value is the two-sided paired t-test of :math:`\bar d = 0` (``scipy.stats.ttest_rel``), which
-assumes the differences roughly normal; ``wins`` counts the units with :math:`d_i > 0`. With one
-unit, or differences all equal, there is no interval width to estimate: the interval is the mean
-itself and the p-value is None.
+p-value is the two-sided paired t-test of :math:`\bar d = 0` (what ``scipy.stats.ttest_rel`` gives:
+:math:`2\,P(T_{n-1} > |\bar d| \sqrt n / s)`), which assumes the differences roughly normal;
+``wins`` counts the units with :math:`d_i > 0`. With one unit, or differences all equal (up to the
+float noise of subtracting fractions, :data:`SPREAD_NOISE`), there is no interval width to estimate:
+the interval is the mean itself and the p-value is None.
 """
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ from ..fileio import save_figure
 
 #: the confidence level of the intervals
 CONFIDENCE = 0.95
+#: a spread of the differences at or below this many points (relative to max(1, |mean|)) is float
+#: noise: accuracies are counts over a test set, so real differences differ by >= 1e-4 points
+SPREAD_NOISE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -54,12 +58,13 @@ def paired_stats(a: Sequence[float], b: Sequence[float]) -> PairedStats:
     n, mean = len(diffs), statistics.fmean(diffs)
     wins = sum(d > 0 for d in diffs)
     spread = statistics.stdev(diffs) if n > 1 else 0.0
-    if spread == 0.0:
+    if spread <= SPREAD_NOISE * max(1.0, abs(mean)):
         return PairedStats(mean, mean, mean, None, wins, n)
     from scipy import stats
 
-    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * spread / math.sqrt(n)
-    p_value = float(stats.ttest_rel([100.0 * x for x in a], [100.0 * y for y in b]).pvalue)
+    standard_error = spread / math.sqrt(n)
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * standard_error
+    p_value = float(2.0 * stats.t.sf(abs(mean) / standard_error, n - 1))
     return PairedStats(mean, mean - half, mean + half, p_value, wins, n)
 
 
